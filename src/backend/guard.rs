@@ -1,0 +1,57 @@
+//! The guard: a tiny process between the gateway and each stdio server, so that no
+//! descendant outlives the gateway however it dies.
+//!
+//! The gateway starts `mcp-edge __guard <fd> -- <program> <args…>` as the leader of a new
+//! process group, holding the write end of a pipe whose read end is `<fd>`. The guard starts
+//! the server in its own group, sharing stdin/stdout/stderr, and blocks reading the pipe.
+//! When the gateway dies, even by SIGKILL, the kernel closes the write end, the read sees
+//! end-of-file, and the guard SIGKILLs the whole group: the server and every grandchild
+//! (`npx` → `node`). A parent-death signal would not do: it reaches only the direct child and
+//! fires when the spawning *thread* exits. Runs before any async runtime; plain threads only.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::getpgrp;
+
+/// Runs the guard; returns the process exit code (the server's, or 128 + its signal).
+pub fn run(liveness_fd: i32, program: OsString, args: Vec<OsString>) -> i32 {
+    // The server must not inherit the liveness pipe.
+    let _ = fcntl(liveness_fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    let group = getpgrp();
+    // Opening /proc/self/fd/N of a pipe yields a new reader of the same pipe; end-of-file
+    // arrives once every write end (only the gateway holds one) is closed.
+    let watch = std::fs::File::open(format!("/proc/self/fd/{liveness_fd}"));
+    let mut child = match std::process::Command::new(&program).args(&args).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "mcp-edge guard: cannot start {}: {e}",
+                program.to_string_lossy()
+            );
+            return 127;
+        }
+    };
+    match watch {
+        Ok(mut pipe) => {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16];
+                while matches!(pipe.read(&mut buf), Ok(n) if n > 0) {}
+                let _ = killpg(group, Signal::SIGKILL);
+            });
+        }
+        Err(e) => {
+            eprintln!("mcp-edge guard: cannot watch the gateway: {e}");
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+    match child.wait() {
+        Ok(status) => status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        Err(_) => 1,
+    }
+}

@@ -1,0 +1,98 @@
+//! Backends: what turns JSON-RPC messages into bytes for an MCP server and back.
+//!
+//! The set is closed, so it is an `enum`. A backend hands the session layer a [`Connection`]:
+//! a bounded sender of outgoing messages, a receiver of [`Event`]s, and a [`Stopper`] that
+//! ends the server politely and then surely. Must not know about sessions or frontends.
+
+pub mod guard;
+pub mod stdio;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::config::BackendConfig;
+
+/// What a backend reports to its session.
+#[derive(Debug)]
+pub enum Event {
+    /// One JSON-RPC message from the server, as a single line without the newline.
+    Message(Bytes),
+    /// The server is gone or broke the protocol; nothing more will arrive.
+    Closed(String),
+}
+
+/// Facts a backend needs from the gateway to start a server.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The mcp-edge executable: `{self}` in commands and the guard process.
+    pub self_exe: PathBuf,
+    /// For logs only.
+    pub session_id: Arc<str>,
+}
+
+/// A live connection to one MCP server.
+pub struct Connection {
+    /// Messages towards the server, one JSON-RPC message each, without newline.
+    pub tx: mpsc::Sender<Bytes>,
+    /// Messages and the final close from the server.
+    pub events: mpsc::Receiver<Event>,
+    pub stopper: Stopper,
+}
+
+/// Ends a connection's server; see each backend for the sequence.
+pub enum Stopper {
+    Stdio(stdio::StdioStopper),
+    /// In-process servers: their tasks.
+    Tasks(Vec<tokio::task::AbortHandle>),
+}
+
+impl Stopper {
+    /// Stops the server and everything it started; returns when it is gone.
+    pub async fn stop(self) {
+        match self {
+            Stopper::Stdio(s) => s.stop().await,
+            Stopper::Tasks(tasks) => tasks.iter().for_each(|t| t.abort()),
+        }
+    }
+}
+
+/// A configured backend, ready to open connections.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Stdio(Arc<stdio::StdioBackend>),
+    /// The built-in example server, in-process (`example-server --http`).
+    Example,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(pub String);
+
+impl Backend {
+    pub fn from_config(name: &str, config: &BackendConfig) -> Backend {
+        match config {
+            BackendConfig::Stdio(c) => {
+                Backend::Stdio(Arc::new(stdio::StdioBackend::new(name, c.clone())))
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Backend::Stdio(b) => b.name(),
+            Backend::Example => "example",
+        }
+    }
+
+    /// Opens a connection: for stdio, spawns a child for this session.
+    pub async fn connect(&self, ctx: &Context) -> Result<Connection, ConnectError> {
+        match self {
+            Backend::Stdio(b) => b.spawn(ctx),
+            Backend::Example => Ok(crate::example::connect()),
+        }
+    }
+}

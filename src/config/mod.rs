@@ -1,0 +1,344 @@
+//! Configuration: figment layers (built-in defaults, the TOML file, `MCP_EDGE_*` environment
+//! variables, command-line flags) extracted into typed structs that refuse unknown keys, then
+//! checked by [`Config::validate`]. Secrets serialize as `***`, so printing a config can never
+//! leak them. Must not start anything.
+
+pub mod duration;
+mod load;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{load, LoadError, LogOverrides, Overrides, ServerOverrides, Source};
+
+/// The shipped `gateway.toml`: the configuration used when no file is given or found.
+pub const DEFAULT_TOML: &str = include_str!("../../gateway.toml");
+
+/// The placeholder in a stdio `command` that stands for the running mcp-edge executable.
+pub const SELF_EXE: &str = "{self}";
+
+/// The whole, validated configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Prefix of every session id (`<instance_id>.<random>`); no `.` allowed.
+    #[serde(default = "default_instance_id")]
+    pub instance_id: String,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub sessions: SessionConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Endpoint paths, each bound to a named backend.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the client listener.
+    pub listen: SocketAddr,
+    /// Origins allowed besides loopback ones (`http://localhost:3000`); `"*"` allows any.
+    pub allowed_origins: Vec<String>,
+    /// Host header values accepted besides loopback names when bound to a loopback address.
+    pub allowed_hosts: Vec<String>,
+    /// Largest POST body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT before they are cut.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Live sessions per instance; `initialize` over it gets 503 with `Retry-After`.
+    pub max_sessions: usize,
+    /// A session with no request, no in-flight call and no open stream for this long ends.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// A request with no response and no progress for this long gets an error and is
+    /// cancelled at the backend.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Server→client messages kept per session for `Last-Event-ID` replay.
+    pub replay_buffer_messages: usize,
+    /// Bytes kept per session for replay; the oldest events go first past either bound.
+    pub replay_buffer_bytes: usize,
+    /// Interval of `:` keep-alive comments on open SSE streams.
+    #[serde(with = "duration")]
+    pub sse_keepalive: Duration,
+    /// A request answered within this time gets a plain JSON response; a slower one, or one
+    /// that streams notifications first, gets an SSE stream.
+    #[serde(with = "duration")]
+    pub json_wait: Duration,
+    /// Close request streams of 2025-11-25+ clients after this long with a `retry:` hint,
+    /// so they resume with `Last-Event-ID` (SEP-1699 polling); `"0s"` keeps streams open.
+    #[serde(with = "duration")]
+    pub sse_close_after: Duration,
+    /// The `retry:` value sent when a stream is closed early.
+    #[serde(with = "duration")]
+    pub sse_retry: Duration,
+    /// Messages queued towards one open stream before a slow reader is cut off (it may
+    /// resume from the replay buffer).
+    pub stream_queue: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_sessions: 1000,
+            idle_timeout: Duration::from_secs(30 * 60),
+            request_timeout: Duration::from_secs(10 * 60),
+            replay_buffer_messages: 256,
+            replay_buffer_bytes: 8 * 1024 * 1024,
+            sse_keepalive: Duration::from_secs(15),
+            json_wait: Duration::from_millis(1000),
+            sse_close_after: Duration::ZERO,
+            sse_retry: Duration::from_secs(1),
+            stream_queue: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `mcp_edge=debug`; `RUST_LOG` overrides.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Endpoint path, e.g. `/mcp`.
+    pub path: String,
+    /// Name of an entry in `[backends]`.
+    pub backend: String,
+}
+
+/// The closed set of backend kinds.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackendConfig {
+    Stdio(StdioConfig),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StdioConfig {
+    /// Program to run; `{self}` is the running mcp-edge executable.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Working directory of the child; the gateway's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    /// Variables set for the child (values are secrets: printed as `***`).
+    #[serde(default)]
+    pub env: BTreeMap<String, Secret>,
+    /// Variables passed through from the gateway's own environment when set.
+    #[serde(default = "default_env_allow")]
+    pub env_allow: Vec<String>,
+    /// Longest stdout line (one JSON-RPC message) accepted from the child.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Each wait of the stop sequence: close stdin, wait, SIGTERM the group, wait, SIGKILL.
+    #[serde(default = "default_stop_wait", with = "duration")]
+    pub stop_wait: Duration,
+    /// Messages queued towards the child's stdin before senders wait.
+    #[serde(default = "default_stdin_queue")]
+    pub stdin_queue: usize,
+}
+
+/// A configured secret: usable in code, `***` when serialized or debug-printed.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+fn default_env_allow() -> Vec<String> {
+    ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_max_line_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_stop_wait() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_stdin_queue() -> usize {
+    64
+}
+
+/// The host name with every character an id may not hold (`.`, and anything outside
+/// visible ASCII) replaced by `-`.
+pub fn default_instance_id() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let id: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "edge".into()
+    } else {
+        id
+    }
+}
+
+/// A configuration that loads but does not make sense.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("`{key}`: {reason}")]
+pub struct Invalid {
+    pub key: String,
+    pub reason: String,
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Checks what types alone cannot: references, uniqueness, non-zero bounds.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.instance_id.is_empty()
+            || !self
+                .instance_id
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '.')
+        {
+            return Err(invalid("instance_id", "must be visible ASCII without `.`"));
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "at least one route is needed"));
+        }
+        let mut paths = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.path.starts_with('/') {
+                return Err(invalid(format!("routes[{i}].path"), "must start with `/`"));
+            }
+            if !paths.insert(&r.path) {
+                return Err(invalid(
+                    format!("routes[{i}].path"),
+                    format!("`{}` is used twice", r.path),
+                ));
+            }
+            if !self.backends.contains_key(&r.backend) {
+                return Err(invalid(
+                    format!("routes[{i}].backend"),
+                    format!("no backend named `{}` in [backends]", r.backend),
+                ));
+            }
+        }
+        let nonzero = [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            ("sessions.max_sessions", self.sessions.max_sessions),
+            (
+                "sessions.replay_buffer_messages",
+                self.sessions.replay_buffer_messages,
+            ),
+            (
+                "sessions.replay_buffer_bytes",
+                self.sessions.replay_buffer_bytes,
+            ),
+            ("sessions.stream_queue", self.sessions.stream_queue),
+        ];
+        for (key, v) in nonzero {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for (key, d) in [
+            ("sessions.idle_timeout", self.sessions.idle_timeout),
+            ("sessions.request_timeout", self.sessions.request_timeout),
+            ("sessions.sse_keepalive", self.sessions.sse_keepalive),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        for (name, b) in &self.backends {
+            match b {
+                BackendConfig::Stdio(s) => {
+                    let key = |k: &str| format!("backends.{name}.{k}");
+                    if s.command.trim().is_empty() {
+                        return Err(invalid(key("command"), "must not be empty"));
+                    }
+                    if s.max_line_bytes == 0 {
+                        return Err(invalid(key("max_line_bytes"), "must be greater than 0"));
+                    }
+                    if s.stdin_queue == 0 {
+                        return Err(invalid(key("stdin_queue"), "must be greater than 0"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, secrets masked: what `mcp-edge check` prints.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}

@@ -1,0 +1,268 @@
+//! Every failure a client can see, and the one place that decides how it is shown: HTTP
+//! status, JSON-RPC code, WebSocket close code (later transports), log level. `docs/errors.md`
+//! is generated from [`GatewayError::catalog`] and a test keeps the two equal.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::jsonrpc::code;
+
+/// Who caused a failure; decides the log level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    Client,
+    Backend,
+    Gateway,
+}
+
+/// A failure that reaches a client.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum GatewayError {
+    #[error("Parse error: {0}")]
+    BadJson(String),
+    #[error("Invalid Request: {0}")]
+    InvalidMessage(String),
+    #[error("Not Acceptable: {0}")]
+    NotAcceptable(&'static str),
+    #[error("Unsupported Media Type: Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("Payload Too Large: the body exceeds server.max_body_bytes ({0} bytes)")]
+    BodyTooLarge(usize),
+    #[error("Bad Request: Mcp-Session-Id header is required")]
+    MissingSession,
+    #[error("Session not found")]
+    UnknownSession,
+    #[error("Bad Request: unsupported MCP-Protocol-Version `{0}` (supported: {supported})", supported = crate::protocol::SUPPORTED.join(", "))]
+    UnsupportedVersion(String),
+    #[error("Bad Request: batches are allowed only for sessions at protocol 2025-03-26, and never with initialize")]
+    BatchNotAllowed,
+    #[error("Bad Request: this endpoint serves the session era of MCP (2024-11-05 to 2025-11-25); send initialize")]
+    StatelessRequest,
+    #[error("Service Unavailable: sessions.max_sessions ({0}) reached")]
+    TooManySessions(usize),
+    #[error("Forbidden: Origin `{0}` is not allowed (server.allowed_origins)")]
+    OriginForbidden(String),
+    #[error("Forbidden: Host `{0}` is not allowed (server.allowed_hosts)")]
+    HostForbidden(String),
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
+    #[error("Not Found: no route at this path")]
+    NoRoute,
+    #[error("Conflict: this session already has an open GET stream")]
+    StreamConflict,
+    #[error("Bad Request: Last-Event-ID `{0}` names no stream of this session")]
+    UnknownEventId(String),
+    #[error("Service Unavailable: the gateway is shutting down")]
+    ShuttingDown,
+    #[error("Backend unavailable: {0}")]
+    BackendUnavailable(String),
+    #[error("Request timed out after {} ms without a response or progress", .0.as_millis())]
+    RequestTimeout(Duration),
+    #[error("Session ended: {0}")]
+    SessionEnded(String),
+    #[error("Invalid Request: id {0} is already in flight on this session")]
+    DuplicateId(String),
+}
+
+impl GatewayError {
+    /// HTTP status when the failure answers a whole HTTP request; `200` for failures that are
+    /// answered in-band, as a JSON-RPC error for one request inside a response or stream.
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            BadJson(_)
+            | InvalidMessage(_)
+            | MissingSession
+            | UnsupportedVersion(_)
+            | BatchNotAllowed
+            | StatelessRequest
+            | UnknownEventId(_) => StatusCode::BAD_REQUEST,
+            NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            UnknownSession | NoRoute => StatusCode::NOT_FOUND,
+            TooManySessions(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            OriginForbidden(_) | HostForbidden(_) => StatusCode::FORBIDDEN,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            StreamConflict => StatusCode::CONFLICT,
+            BackendUnavailable(_) | RequestTimeout(_) | SessionEnded(_) | DuplicateId(_) => {
+                StatusCode::OK
+            }
+        }
+    }
+
+    /// The JSON-RPC error code in the body.
+    pub fn rpc_code(&self) -> i64 {
+        use GatewayError::*;
+        match self {
+            BadJson(_) => code::PARSE_ERROR,
+            UnknownSession => code::SESSION_NOT_FOUND,
+            BackendUnavailable(_) => code::BACKEND_UNAVAILABLE,
+            RequestTimeout(_) => code::REQUEST_TIMEOUT,
+            SessionEnded(_) | ShuttingDown => code::SESSION_ENDED,
+            TooManySessions(_) => code::OVERLOADED,
+            DuplicateId(_) => code::DUPLICATE_ID,
+            InvalidMessage(_)
+            | NotAcceptable(_)
+            | UnsupportedMediaType
+            | BodyTooLarge(_)
+            | MissingSession
+            | UnsupportedVersion(_)
+            | BatchNotAllowed
+            | StatelessRequest
+            | OriginForbidden(_)
+            | HostForbidden(_)
+            | MethodNotAllowed
+            | NoRoute
+            | StreamConflict
+            | UnknownEventId(_) => code::INVALID_REQUEST,
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, where retrying later can help.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::TooManySessions(_) | GatewayError::ShuttingDown => Some(1),
+            _ => None,
+        }
+    }
+
+    pub fn cause(&self) -> Cause {
+        use GatewayError::*;
+        match self {
+            BackendUnavailable(_) => Cause::Backend,
+            TooManySessions(_) | ShuttingDown | RequestTimeout(_) | SessionEnded(_) => {
+                Cause::Gateway
+            }
+            _ => Cause::Client,
+        }
+    }
+
+    /// Client mistakes are routine (debug); backend trouble is a warning; the gateway's own
+    /// limits are worth an info line.
+    pub fn log_level(&self) -> tracing::Level {
+        match self.cause() {
+            Cause::Client => tracing::Level::DEBUG,
+            Cause::Gateway => tracing::Level::INFO,
+            Cause::Backend => tracing::Level::WARN,
+        }
+    }
+
+    /// One example of every variant, in the order of the documentation table. A new variant
+    /// must be added here; the `catalog_is_complete` test counts them.
+    pub fn catalog() -> Vec<GatewayError> {
+        use GatewayError::*;
+        vec![
+            BadJson("expected value at line 1 column 1".into()),
+            InvalidMessage("\"jsonrpc\" must be \"2.0\"".into()),
+            NotAcceptable("Accept must list application/json and text/event-stream"),
+            UnsupportedMediaType,
+            BodyTooLarge(4 * 1024 * 1024),
+            MissingSession,
+            UnknownSession,
+            UnsupportedVersion("1999-01-01".into()),
+            BatchNotAllowed,
+            StatelessRequest,
+            TooManySessions(1000),
+            OriginForbidden("https://evil.example".into()),
+            HostForbidden("evil.example.com".into()),
+            MethodNotAllowed,
+            NoRoute,
+            StreamConflict,
+            UnknownEventId("9-1".into()),
+            ShuttingDown,
+            BackendUnavailable("backend exited (exit status: 1)".into()),
+            RequestTimeout(Duration::from_secs(600)),
+            SessionEnded("deleted".into()),
+            DuplicateId("7".into()),
+        ]
+    }
+
+    /// Short name of the variant, as used in the documentation table.
+    pub fn name(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            BadJson(_) => "bad_json",
+            InvalidMessage(_) => "invalid_message",
+            NotAcceptable(_) => "not_acceptable",
+            UnsupportedMediaType => "unsupported_media_type",
+            BodyTooLarge(_) => "body_too_large",
+            MissingSession => "missing_session",
+            UnknownSession => "unknown_session",
+            UnsupportedVersion(_) => "unsupported_version",
+            BatchNotAllowed => "batch_not_allowed",
+            StatelessRequest => "stateless_request",
+            TooManySessions(_) => "too_many_sessions",
+            OriginForbidden(_) => "origin_forbidden",
+            HostForbidden(_) => "host_forbidden",
+            MethodNotAllowed => "method_not_allowed",
+            NoRoute => "no_route",
+            StreamConflict => "stream_conflict",
+            UnknownEventId(_) => "unknown_event_id",
+            ShuttingDown => "shutting_down",
+            BackendUnavailable(_) => "backend_unavailable",
+            RequestTimeout(_) => "request_timeout",
+            SessionEnded(_) => "session_ended",
+            DuplicateId(_) => "duplicate_id",
+        }
+    }
+
+    /// The Markdown table of `docs/errors.md`.
+    pub fn markdown_table() -> String {
+        let mut out = String::from(
+            "| error | HTTP status | JSON-RPC code | log level | example message |\n|---|---|---|---|---|\n",
+        );
+        for e in Self::catalog() {
+            let status = if e.status() == StatusCode::OK {
+                "200, in-band (JSON-RPC error for that request)".to_string()
+            } else {
+                let mut s = e.status().as_u16().to_string();
+                if e.retry_after().is_some() {
+                    s.push_str(" + Retry-After");
+                }
+                s
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} |\n",
+                e.name(),
+                status,
+                e.rpc_code(),
+                e.log_level().as_str().to_lowercase(),
+                e.to_string().replace('|', "\\|"),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_is_complete() {
+        let names: std::collections::HashSet<_> =
+            GatewayError::catalog().iter().map(|e| e.name()).collect();
+        assert_eq!(names.len(), GatewayError::catalog().len());
+        assert_eq!(names.len(), 22, "add new variants to catalog()");
+    }
+
+    #[test]
+    fn docs_errors_md_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/errors.md");
+        let doc = std::fs::read_to_string(path).expect("docs/errors.md exists");
+        let table = GatewayError::markdown_table();
+        if std::env::var_os("MCP_EDGE_UPDATE_DOCS").is_some() {
+            let start = doc.find("<!-- table -->").expect("marker") + "<!-- table -->\n".len();
+            let end = doc.find("<!-- /table -->").expect("end marker");
+            let updated = format!("{}{}{}", &doc[..start], table, &doc[end..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert!(
+            doc.contains(&table),
+            "docs/errors.md is out of date: run MCP_EDGE_UPDATE_DOCS=1 cargo test docs_errors_md"
+        );
+    }
+}

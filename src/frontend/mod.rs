@@ -1,0 +1,114 @@
+//! Frontends: the HTTP face of each route. They turn requests into JSON-RPC messages for a
+//! session and session frames into responses; they decide nothing about where a message goes.
+
+pub mod guard;
+pub mod sse;
+pub mod streamable_http;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::jsonrpc::{error_response, Id};
+use crate::session::Registry;
+
+/// Every response body the gateway sends.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What every request handler shares.
+pub struct App {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub guard: guard::OriginGuard,
+    /// Route path → the backend that serves it.
+    pub routes: HashMap<String, Backend>,
+}
+
+impl App {
+    pub fn new(config: Config, self_exe: std::path::PathBuf) -> Arc<App> {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.path.clone(),
+                    Backend::from_config(&r.backend, &config.backends[&r.backend]),
+                )
+            })
+            .collect();
+        App::with_routes(config, self_exe, routes)
+    }
+
+    /// An app whose routes are given rather than built from the configuration.
+    pub fn with_routes(
+        config: Config,
+        self_exe: std::path::PathBuf,
+        routes: HashMap<String, Backend>,
+    ) -> Arc<App> {
+        Arc::new(App {
+            registry: Registry::new(
+                config.instance_id.clone(),
+                config.sessions.clone(),
+                self_exe,
+            ),
+            guard: guard::OriginGuard::new(&config.server),
+            routes,
+            config,
+        })
+    }
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().boxed_unsync()
+}
+
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The one rendering of a [`GatewayError`] as an HTTP response.
+pub fn error_reply(err: &GatewayError, id: Option<&Id>) -> Response<Body> {
+    log_error(err);
+    let mut r = json_response(
+        err.status(),
+        error_response(id, err.rpc_code(), &err.to_string()),
+    );
+    if let Some(secs) = err.retry_after() {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if *err == GatewayError::MethodNotAllowed {
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, POST, DELETE"),
+        );
+    }
+    r
+}
+
+fn log_error(err: &GatewayError) {
+    let name = err.name();
+    match err.log_level() {
+        tracing::Level::WARN => tracing::warn!(error = name, "{err}"),
+        tracing::Level::INFO => tracing::info!(error = name, "{err}"),
+        _ => tracing::debug!(error = name, "{err}"),
+    }
+}

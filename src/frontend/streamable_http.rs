@@ -1,0 +1,372 @@
+//! Streamable HTTP, session era (2024-11-05 … 2025-11-25): POST, GET and DELETE on a route.
+//!
+//! Owns everything about HTTP on the wire — header checks, body limits, status codes, the
+//! choice between a JSON and an SSE answer, `Mcp-Session-Id` — and nothing about routing
+//! messages, which is the session's job. A request answered within `sessions.json_wait` gets
+//! `application/json`; a slower one, or one whose stream carries other messages first, gets
+//! `text/event-stream` with keep-alives (and, for 2025-11-25 clients, a priming event).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::sse::{self, StreamOptions};
+use super::{error_reply, json_response, App, Body};
+use crate::backend::Backend;
+use crate::error::GatewayError;
+use crate::jsonrpc::{Body as RpcBody, Id, Kind, Message, ParseError};
+use crate::protocol::{self, Era};
+use crate::session::{EndReason, Frame, Opened, SessionHandle};
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// Serves one HTTP request on a route path.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let Some(backend) = app.routes.get(req.uri().path()) else {
+        return error_reply(&GatewayError::NoRoute, None);
+    };
+    if let Err(e) = app.guard.check(req.headers(), req.uri().host()) {
+        return error_reply(&e, None);
+    }
+    let result = match *req.method() {
+        Method::POST => post(&app, backend, req).await,
+        Method::GET => get(&app, req).await,
+        Method::DELETE => delete(&app, req.headers()),
+        _ => Err(GatewayError::MethodNotAllowed),
+    };
+    result.unwrap_or_else(|e| error_reply(&e, None))
+}
+
+/// Whether an Accept header admits `mime` (exactly, or by a wildcard).
+fn accepts(headers: &HeaderMap, mime: &str) -> bool {
+    let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .map(|item| item.split(';').next().unwrap_or("").trim())
+                .any(|m| {
+                    m.eq_ignore_ascii_case(mime)
+                        || m == "*/*"
+                        || m.eq_ignore_ascii_case(&format!("{kind}/*"))
+                })
+        })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The live session a request names, or the error that says why there is none.
+fn session(app: &App, headers: &HeaderMap) -> Result<SessionHandle, GatewayError> {
+    let id = header(headers, SESSION_HEADER).ok_or(GatewayError::MissingSession)?;
+    let session = app.registry.get(id).ok_or(GatewayError::UnknownSession)?;
+    if let Some(v) = header(headers, VERSION_HEADER) {
+        if !protocol::is_supported(v) {
+            return Err(GatewayError::UnsupportedVersion(v.into()));
+        }
+    }
+    Ok(session)
+}
+
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, GatewayError> {
+    let limit = app.config.server.max_body_bytes;
+    let too_large = GatewayError::BodyTooLarge(limit);
+    let declared = header(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large)
+        }
+        Err(e) => Err(GatewayError::InvalidMessage(format!(
+            "the body could not be read: {e}"
+        ))),
+    }
+}
+
+async fn post(
+    app: &Arc<App>,
+    backend: &Backend,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let headers = req.headers().clone();
+    if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
+        return Err(GatewayError::NotAcceptable(
+            "Accept must list application/json and text/event-stream",
+        ));
+    }
+    let json = header(&headers, "content-type")
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
+    let bytes = read_body(app, req).await?;
+    let body = RpcBody::parse(&bytes).map_err(|e| match e {
+        ParseError::Json(_) => GatewayError::BadJson(e.to_string()),
+        ParseError::Invalid(why) => GatewayError::InvalidMessage(why.into()),
+    })?;
+    let batch = matches!(body, RpcBody::Batch(_));
+    let msgs = body.into_messages();
+    if protocol::classify(header(&headers, VERSION_HEADER), &msgs[0]) == Era::Stateless {
+        return Err(GatewayError::StatelessRequest);
+    }
+    let is_init = |m: &Message| m.method() == Some("initialize");
+    if msgs.iter().any(is_init) {
+        if batch {
+            return Err(GatewayError::BatchNotAllowed);
+        }
+        let msg = msgs.into_iter().next().expect("one message");
+        if msg.kind != Kind::Request {
+            return Err(GatewayError::InvalidMessage(
+                "initialize must be a request".into(),
+            ));
+        }
+        return initialize(app, backend, msg).await;
+    }
+    let session = session(app, &headers)?;
+    let version = session
+        .version()
+        .unwrap_or(protocol::ASSUMED_WITHOUT_HEADER)
+        .to_owned();
+    if batch && !protocol::allows_batch(&version) {
+        return Err(GatewayError::BatchNotAllowed);
+    }
+    let first_request = msgs
+        .iter()
+        .find(|m| m.is_request())
+        .and_then(|m| m.id.clone());
+    let Some(first_request) = first_request else {
+        // Only notifications and responses: hand them over and acknowledge.
+        session.submit(msgs.clone(), None).await?;
+        session.forward(&msgs).await?;
+        return Ok(status_only(StatusCode::ACCEPTED));
+    };
+    let (tx, rx) = mpsc::channel(app.config.sessions.stream_queue);
+    let opened = match session.submit(msgs.clone(), Some(tx)).await {
+        Ok(o) => o,
+        Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &first_request)),
+        Err(e) => return Err(e),
+    };
+    // A failed write means the backend is gone; the session then answers every pending
+    // request with an error on `rx`, so the response below still completes.
+    let _ = session.forward(&msgs).await;
+    Ok(respond(app, &version, opened, rx, batch).await)
+}
+
+fn status_only(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(super::empty());
+    *r.status_mut() = status;
+    r
+}
+
+/// A failure of one request, answered as its JSON-RPC error with HTTP 200.
+fn in_band(err: &GatewayError, id: &Id) -> Response<Body> {
+    error_reply(err, Some(id))
+}
+
+fn stream_options(app: &App, version: &str) -> StreamOptions {
+    let s = &app.config.sessions;
+    let close = !s.sse_close_after.is_zero() && protocol::wants_priming(version);
+    StreamOptions {
+        keepalive: s.sse_keepalive,
+        close_after: close.then_some((s.sse_close_after, s.sse_retry)),
+    }
+}
+
+fn sse_response(body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// Answers a POST that carried requests: JSON when the one response comes quickly and alone,
+/// SSE otherwise.
+async fn respond(
+    app: &App,
+    version: &str,
+    opened: Opened,
+    mut rx: mpsc::Receiver<Frame>,
+    batch: bool,
+) -> Response<Body> {
+    let opts = stream_options(app, version);
+    let mut prefix = Vec::new();
+    if protocol::wants_priming(version) {
+        prefix.push(sse::priming(opened.stream, 0));
+    }
+    if !batch {
+        // Cancel-safe: a frame is either returned or still in the channel.
+        match tokio::time::timeout(app.config.sessions.json_wait, rx.recv()).await {
+            Ok(Some(Frame::Event {
+                data, last: true, ..
+            })) => return json_response(StatusCode::OK, data),
+            Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
+            Ok(Some(Frame::End) | None) => return sse_response(sse::body(prefix, None, opts)),
+            Err(_) => {}
+        }
+    }
+    sse_response(sse::body(prefix, Some(rx), opts))
+}
+
+#[derive(Deserialize)]
+struct InitializeResponse {
+    result: InitializeResult,
+}
+
+#[derive(Deserialize)]
+struct InitializeResult {
+    #[serde(rename = "protocolVersion")]
+    protocol_version: String,
+}
+
+/// Ends a session that never got published (initialize failed or the client left).
+struct Unpublished(Option<SessionHandle>);
+
+impl Drop for Unpublished {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.end(EndReason::InitializeFailed);
+        }
+    }
+}
+
+/// Starts a session, relays `initialize`, and publishes the session only when the backend
+/// answered with an `InitializeResult`: that response alone carries `Mcp-Session-Id`.
+async fn initialize(
+    app: &Arc<App>,
+    backend: &Backend,
+    msg: Message,
+) -> Result<Response<Body>, GatewayError> {
+    let id = msg.id.clone().expect("requests have ids");
+    let handle = match app.registry.start(backend).await {
+        Ok(h) => h,
+        Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &id)),
+        Err(e) => return Err(e),
+    };
+    let mut guard = Unpublished(Some(handle.clone()));
+    let (tx, mut rx) = mpsc::channel(app.config.sessions.stream_queue);
+    handle.submit(vec![msg.clone()], Some(tx)).await?;
+    let _ = handle.forward(std::slice::from_ref(&msg)).await;
+    let mut before = Vec::new();
+    let mut last = None;
+    while let Some(frame) = rx.recv().await {
+        match frame {
+            Frame::Event {
+                id,
+                data,
+                last: true,
+            } => {
+                last = Some((id, data));
+                break;
+            }
+            Frame::Event { id, data, .. } => before.push(sse::event(id, &data)),
+            Frame::End => break,
+        }
+    }
+    let Some((event_id, data)) = last else {
+        return Ok(in_band(
+            &GatewayError::SessionEnded("initialize was cancelled".into()),
+            &id,
+        ));
+    };
+    let version = serde_json::from_slice::<InitializeResponse>(&data)
+        .ok()
+        .map(|r| r.result.protocol_version);
+    let mut response = if before.is_empty() {
+        json_response(StatusCode::OK, data)
+    } else {
+        before.push(sse::event(event_id, &data));
+        sse_response(sse::body(before, None, stream_options(app, "")))
+    };
+    if let Some(version) = version {
+        app.registry.publish(&handle, &version);
+        guard.0 = None;
+        let value = HeaderValue::from_str(handle.id()).expect("session ids are visible ASCII");
+        response.headers_mut().insert(SESSION_HEADER, value);
+        tracing::info!(session.id = handle.id(), protocol.version = %version, "A session started.");
+    }
+    Ok(response)
+}
+
+async fn get(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let headers = req.headers();
+    if !accepts(headers, "text/event-stream") {
+        return Err(GatewayError::NotAcceptable(
+            "Accept must list text/event-stream",
+        ));
+    }
+    let session = session(app, headers)?;
+    let version = session
+        .version()
+        .unwrap_or(protocol::ASSUMED_WITHOUT_HEADER)
+        .to_owned();
+    let last_event_id = header(headers, "last-event-id").map(str::to_owned);
+    let resumed = last_event_id.is_some();
+    let (tx, rx) = mpsc::channel(app.config.sessions.stream_queue);
+    let opened = session.open(last_event_id, tx).await?;
+    let mut prefix = Vec::new();
+    if protocol::wants_priming(&version) && !resumed {
+        prefix.push(sse::priming(opened.stream, opened.resume_from));
+    }
+    prefix.extend(opened.replay.iter().map(|(id, data)| sse::event(*id, data)));
+    let rx = (!opened.complete).then_some(rx);
+    Ok(sse_response(sse::body(
+        prefix,
+        rx,
+        stream_options(app, &version),
+    )))
+}
+
+fn delete(app: &App, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
+    let id = header(headers, SESSION_HEADER).ok_or(GatewayError::MissingSession)?;
+    let session = app
+        .registry
+        .remove(id)
+        .ok_or(GatewayError::UnknownSession)?;
+    session.end(EndReason::Deleted);
+    tracing::info!(session.id = id, "The client deleted its session.");
+    Ok(status_only(StatusCode::OK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_matching() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "accept",
+            "application/json, text/event-stream;q=0.9".parse().unwrap(),
+        );
+        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
+        h.insert("accept", "application/json".parse().unwrap());
+        assert!(!accepts(&h, "text/event-stream"));
+        h.insert("accept", "*/*".parse().unwrap());
+        assert!(accepts(&h, "text/event-stream"));
+        assert!(!accepts(&HeaderMap::new(), "application/json"));
+    }
+}

@@ -1,0 +1,416 @@
+//! JSON-RPC 2.0 envelopes as the gateway sees them.
+//!
+//! Owns parsing of the envelope (`jsonrpc`, `id`, `method`, and the two `params` fields the
+//! relay routes on) and the building of error responses. `params` and `result` are never
+//! re-encoded: a [`Message`] keeps the exact bytes it was parsed from so that forwarding is a
+//! copy, not a round trip through `serde_json::Value`. Must not know about transports.
+
+pub mod codec;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Standard JSON-RPC error codes, plus the gateway's own in the server range.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// The backend could not be started, exited, or broke the protocol.
+    pub const BACKEND_UNAVAILABLE: i64 = -32000;
+    /// The session id is unknown or ended (sent with HTTP 404, as the MCP SDKs do).
+    pub const SESSION_NOT_FOUND: i64 = -32001;
+    /// The request outlived `sessions.request_timeout` at the gateway.
+    pub const REQUEST_TIMEOUT: i64 = -32004;
+    /// The session ended (shutdown, delete, idle) while the request was in flight.
+    pub const SESSION_ENDED: i64 = -32005;
+    /// The request id is already in flight on this session.
+    pub const DUPLICATE_ID: i64 = -32006;
+    /// A gateway limit was reached; retry later.
+    pub const OVERLOADED: i64 = -32007;
+}
+
+/// A JSON-RPC id (string or integer) kept as its exact JSON text, so `1` and `"1"` stay
+/// distinct and every id travels back to the client byte for byte as it came.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Id(Arc<str>);
+
+impl Id {
+    /// Parses raw JSON text as an id; `None` unless it is a string or an integer.
+    pub fn from_raw(raw: &RawValue) -> Option<Id> {
+        let text = raw.get().trim();
+        let ok = match text.as_bytes().first()? {
+            b'"' => {
+                serde_json::from_str::<&str>(text).is_ok()
+                    || serde_json::from_str::<String>(text).is_ok()
+            }
+            b'-' | b'0'..=b'9' => {
+                serde_json::from_str::<i64>(text).is_ok()
+                    || serde_json::from_str::<u64>(text).is_ok()
+            }
+            _ => false,
+        };
+        ok.then(|| Id(Arc::from(text)))
+    }
+
+    /// An id the gateway makes itself (numbers only).
+    pub fn number(n: u64) -> Id {
+        Id(Arc::from(n.to_string()))
+    }
+
+    /// The JSON text of the id.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The four shapes a JSON-RPC message can take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    /// A response carrying `result`.
+    Result,
+    /// A response carrying `error`.
+    Error,
+}
+
+/// One parsed JSON-RPC message and the bytes it came from.
+#[derive(Clone)]
+pub struct Message {
+    /// The message exactly as received (no surrounding whitespace guaranteed).
+    pub raw: Bytes,
+    pub kind: Kind,
+    /// Present on requests and responses (absent on an error response with `id: null`).
+    pub id: Option<Id>,
+    /// Present on requests and notifications.
+    pub method: Option<Box<str>>,
+    /// `params._meta.progressToken` of a request, or `params.progressToken` of a
+    /// `notifications/progress`.
+    pub progress_token: Option<Id>,
+    /// `params.requestId` of a `notifications/cancelled`.
+    pub cancelled_id: Option<Id>,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .finish()
+    }
+}
+
+/// Why bytes are not a JSON-RPC message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("invalid JSON-RPC message: {0}")]
+    Invalid(&'static str),
+}
+
+impl ParseError {
+    /// The JSON-RPC code a client gets for this error.
+    pub fn code(&self) -> i64 {
+        match self {
+            ParseError::Json(_) => code::PARSE_ERROR,
+            ParseError::Invalid(_) => code::INVALID_REQUEST,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Params<'a> {
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+    #[serde(borrow, default, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "requestId")]
+    request_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, default, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+}
+
+/// A request body: one message or a batch.
+#[derive(Debug)]
+pub enum Body {
+    Single(Message),
+    Batch(Vec<Message>),
+}
+
+impl Body {
+    /// Parses a POST body. Arrays become batches; an empty array is invalid.
+    pub fn parse(bytes: &Bytes) -> Result<Body, ParseError> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'[') {
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+            if items.is_empty() {
+                return Err(ParseError::Invalid("empty batch"));
+            }
+            let msgs = items
+                .into_iter()
+                .map(|raw| Message::from_raw(bytes, raw))
+                .collect::<Result<_, _>>()?;
+            Ok(Body::Batch(msgs))
+        } else {
+            Message::parse(bytes).map(Body::Single)
+        }
+    }
+
+    pub fn into_messages(self) -> Vec<Message> {
+        match self {
+            Body::Single(m) => vec![m],
+            Body::Batch(v) => v,
+        }
+    }
+}
+
+impl Message {
+    /// Parses one message from bytes that hold exactly one JSON value.
+    pub fn parse(bytes: &Bytes) -> Result<Message, ParseError> {
+        let raw: &RawValue =
+            serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+        Message::from_raw(bytes, raw)
+    }
+
+    fn from_raw(source: &Bytes, raw: &RawValue) -> Result<Message, ParseError> {
+        let env: Envelope<'_> = serde_json::from_str(raw.get())
+            .map_err(|_| ParseError::Invalid("a message must be a JSON object"))?;
+        if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+            return Err(ParseError::Invalid("\"jsonrpc\" must be \"2.0\""));
+        }
+        let id = match env.id {
+            None => None,
+            Some(r) if r.get() == "null" => None,
+            Some(r) => Some(
+                Id::from_raw(r)
+                    .ok_or(ParseError::Invalid("\"id\" must be a string or an integer"))?,
+            ),
+        };
+        let method = match env.method {
+            None => None,
+            Some(r) => Some(
+                serde_json::from_str::<String>(r.get())
+                    .map_err(|_| ParseError::Invalid("\"method\" must be a string"))?
+                    .into_boxed_str(),
+            ),
+        };
+        let kind = match (&method, &id, env.result, env.error) {
+            (Some(_), Some(_), None, None) => Kind::Request,
+            (Some(_), None, None, None) if env.id.is_none() => Kind::Notification,
+            (None, Some(_), Some(_), None) => Kind::Result,
+            (None, _, None, Some(_)) => Kind::Error,
+            _ => {
+                return Err(ParseError::Invalid(
+                    "not a request, notification or response",
+                ))
+            }
+        };
+        let mut msg = Message {
+            raw: source.slice_ref(raw.get().as_bytes()),
+            kind,
+            id,
+            method,
+            progress_token: None,
+            cancelled_id: None,
+        };
+        if let Some(params) = env.params {
+            msg.read_params(params);
+        }
+        Ok(msg)
+    }
+
+    /// Picks out the routing fields, scanning params only when they can be there.
+    fn read_params(&mut self, params: &RawValue) {
+        let text = params.get();
+        let wanted = match self.kind {
+            Kind::Request => text.contains("progressToken"),
+            Kind::Notification => matches!(
+                self.method.as_deref(),
+                Some("notifications/progress" | "notifications/cancelled")
+            ),
+            _ => false,
+        };
+        if !wanted {
+            return;
+        }
+        let Ok(p) = serde_json::from_str::<Params<'_>>(text) else {
+            return;
+        };
+        match self.kind {
+            Kind::Request => {
+                self.progress_token = p.meta.and_then(|m| m.progress_token).and_then(Id::from_raw)
+            }
+            _ => {
+                self.progress_token = p.progress_token.and_then(Id::from_raw);
+                self.cancelled_id = p.request_id.and_then(Id::from_raw);
+            }
+        }
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    pub fn is_request(&self) -> bool {
+        self.kind == Kind::Request
+    }
+
+    pub fn is_response(&self) -> bool {
+        matches!(self.kind, Kind::Result | Kind::Error)
+    }
+
+    /// The raw bytes with any line breaks (only possible as insignificant whitespace in
+    /// valid JSON, since strings escape them) turned into spaces: fit for one stdio line or
+    /// one SSE `data:` field.
+    pub fn single_line(&self) -> Bytes {
+        single_line(&self.raw)
+    }
+}
+
+/// See [`Message::single_line`].
+pub fn single_line(raw: &Bytes) -> Bytes {
+    if !raw.iter().any(|b| *b == b'\n' || *b == b'\r') {
+        return raw.clone();
+    }
+    raw.iter()
+        .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Builds `{"jsonrpc":"2.0","id":…,"error":{"code":…,"message":…}}` (id `null` when absent).
+pub fn error_response(id: Option<&Id>, code: i64, message: &str) -> Bytes {
+    let id = id.map_or("null", Id::as_json);
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#).into()
+}
+
+/// Builds a `notifications/cancelled` for a request the gateway gives up on.
+pub fn cancelled_notification(id: &Id, reason: &str) -> Bytes {
+    let reason = serde_json::to_string(reason).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{},"reason":{reason}}}}}"#,
+        id.as_json()
+    )
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Message, ParseError> {
+        Message::parse(&Bytes::from(s.to_owned()))
+    }
+
+    #[test]
+    fn kinds_and_ids() {
+        let m = parse(
+            r#"{"jsonrpc":"2.0","id":"a","method":"x","params":{"_meta":{"progressToken":7}}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.kind, Kind::Request);
+        assert_eq!(m.id.unwrap().as_json(), "\"a\"");
+        assert_eq!(m.progress_token.unwrap().as_json(), "7");
+        let n = parse(
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(n.kind, Kind::Notification);
+        assert_eq!(n.cancelled_id.unwrap().as_json(), "\"r1\"");
+        let r = parse(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap();
+        assert_eq!(r.kind, Kind::Result);
+        let e = parse(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#).unwrap();
+        assert_eq!(e.kind, Kind::Error);
+        assert!(e.id.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_envelopes() {
+        assert_eq!(parse("{").unwrap_err().code(), code::PARSE_ERROR);
+        assert_eq!(
+            parse(r#"{"id":1,"method":"x"}"#).unwrap_err().code(),
+            code::INVALID_REQUEST
+        );
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#)
+                .unwrap_err()
+                .code(),
+            code::INVALID_REQUEST
+        );
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#)
+                .unwrap_err()
+                .code(),
+            code::INVALID_REQUEST
+        );
+        assert_eq!(parse("[1]").unwrap_err().code(), code::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn keeps_raw_bytes_of_batch_items() {
+        let body = Bytes::from_static(b"[ {\"jsonrpc\":\"2.0\",\"method\":\"a\"} ,\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"b\"}]");
+        let Body::Batch(v) = Body::parse(&body).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!(&v[0].raw[..], b"{\"jsonrpc\":\"2.0\",\"method\":\"a\"}");
+        assert_eq!(v[1].id.as_ref().unwrap().as_json(), "2");
+    }
+
+    #[test]
+    fn error_response_escapes() {
+        let b = error_response(Some(&Id::number(3)), -1, "a \"b\"\n");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["message"], "a \"b\"\n");
+        assert_eq!(v["id"], 3);
+    }
+
+    #[test]
+    fn single_line_replaces_breaks() {
+        assert_eq!(
+            &single_line(&Bytes::from_static(b"{\n\"a\":1\r\n}"))[..],
+            b"{ \"a\":1  }"
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! The `mcp-edge` command: parse flags, load the configuration, start, wait for a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mcp_edge::config::{self, LogFormat, LogOverrides, Overrides, ServerOverrides, Source};
+
+/// The front door for MCP servers: Streamable HTTP in, stdio MCP servers behind.
+#[derive(Parser)]
+#[command(name = "mcp-edge", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the gateway. Without --config or --stdio it reads ./gateway.toml, or, when that
+    /// file does not exist, the built-in default (the shipped gateway.toml), which serves the
+    /// example server at http://127.0.0.1:8080/mcp.
+    Run {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Quick mode: serve this command at /mcp, one child per session (split like a shell
+        /// splits words, without running a shell). No file is read.
+        #[arg(long, value_name = "COMMAND", conflicts_with = "config")]
+        stdio: Option<String>,
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+    /// Validate a configuration and print it, normalized, with secrets masked.
+    Check {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+    /// Run the built-in example MCP server on stdio, or on Streamable HTTP at ADDR/mcp.
+    ExampleServer {
+        /// Serve Streamable HTTP at this address instead of stdio.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+    },
+    /// Internal: the guard process between the gateway and one stdio child.
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        liveness_fd: i32,
+        #[arg(last = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct OverrideArgs {
+    /// Client listener address (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Session id prefix (overrides instance_id).
+    #[arg(long, value_name = "ID")]
+    instance_id: Option<String>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter such as `info` or `mcp_edge=debug` (overrides log.level).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+impl OverrideArgs {
+    fn into_overrides(self) -> Overrides {
+        Overrides {
+            instance_id: self.instance_id,
+            server: self.listen.map(|l| ServerOverrides { listen: Some(l) }),
+            log: (self.log_format.is_some() || self.log_level.is_some()).then_some(LogOverrides {
+                format: self.log_format,
+                level: self.log_level,
+            }),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Guard {
+            liveness_fd,
+            mut argv,
+        } => {
+            let program = argv.remove(0);
+            ExitCode::from(
+                mcp_edge::backend::guard::run(liveness_fd, program, argv).clamp(0, 255) as u8,
+            )
+        }
+        Command::Check { source, overrides } => {
+            let source = Source::choose(source.config, None);
+            match config::load(&source, &overrides.into_overrides()) {
+                Ok(c) => {
+                    print!("{}", c.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcp-edge: invalid configuration: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::ExampleServer { http } => runtime()
+            .block_on(async {
+                match http {
+                    None => mcp_edge::example::serve_stdio().await,
+                    Some(addr) => {
+                        init_logs(&config::LogConfig::default());
+                        mcp_edge::example::serve_http(addr, shutdown_signal()).await?;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+            .map_or_else(report, |_| ExitCode::SUCCESS),
+        Command::Run {
+            source,
+            stdio,
+            overrides,
+        } => {
+            let source = Source::choose(source.config, stdio);
+            let config = match config::load(&source, &overrides.into_overrides()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mcp-edge: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs(&config.log);
+            runtime()
+                .block_on(run(config))
+                .map_or_else(report, |_| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report(e: anyhow::Error) -> ExitCode {
+    eprintln!("mcp-edge: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+}
+
+async fn run(config: config::Config) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the mcp-edge executable")?;
+    let listen = config.server.listen;
+    let gateway = mcp_edge::Gateway::bind(config, exe)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    gateway.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    // Cancel-safe: signal streams keep pending signals.
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "Received a shutdown signal.");
+}
+
+fn init_logs(log: &config::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

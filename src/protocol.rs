@@ -1,0 +1,87 @@
+//! Protocol revisions and the one decision "which era is this request".
+//!
+//! The session era (2024-11-05 … 2025-11-25) has `initialize` and sessions; the stateless
+//! revision (2026-07-28) has neither. [`classify`] is the only place that tells them apart,
+//! so serving the stateless revision later means changing this function and adding a handler.
+
+use crate::jsonrpc::Message;
+
+/// Session-era revisions this gateway serves, oldest first.
+pub const SUPPORTED: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// The version assumed when a request carries no `MCP-Protocol-Version` header and nothing
+/// else tells (PROTOCOL.md rule 11).
+pub const ASSUMED_WITHOUT_HEADER: &str = "2025-03-26";
+
+/// The first stateless revision.
+const STATELESS_FROM: &str = "2026-07-28";
+
+/// Which family of MCP rules a request follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Era {
+    /// `initialize`, `Mcp-Session-Id`, GET streams.
+    Session,
+    /// 2026-07-28 and later: no handshake, per-request `_meta` (not served yet).
+    Stateless,
+}
+
+/// Decides the era of a POST from its version header and its first message.
+pub fn classify(version_header: Option<&str>, first: &Message) -> Era {
+    let stateless_header = version_header.is_some_and(|v| v >= STATELESS_FROM);
+    let stateless_body = first.method() == Some("server/discover")
+        || (first.is_request() && contains(&first.raw, b"io.modelcontextprotocol/protocolVersion"));
+    if stateless_header || stateless_body {
+        Era::Stateless
+    } else {
+        Era::Session
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn is_supported(version: &str) -> bool {
+    SUPPORTED.contains(&version)
+}
+
+/// Batches (JSON arrays) exist only in 2025-03-26.
+pub fn allows_batch(version: &str) -> bool {
+    version == "2025-03-26"
+}
+
+/// SEP-1699: priming events and early close with `retry:` only for 2025-11-25 and later.
+pub fn wants_priming(version: &str) -> bool {
+    version >= "2025-11-25"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn msg(s: &'static str) -> Message {
+        Message::parse(&Bytes::from_static(s.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn classifies() {
+        let init = msg(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#);
+        assert_eq!(classify(None, &init), Era::Session);
+        assert_eq!(classify(Some("2025-11-25"), &init), Era::Session);
+        assert_eq!(classify(Some("2026-07-28"), &init), Era::Stateless);
+        let probe = msg(r#"{"jsonrpc":"2.0","id":1,"method":"server/discover"}"#);
+        assert_eq!(classify(None, &probe), Era::Stateless);
+        let meta = msg(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        );
+        assert_eq!(classify(None, &meta), Era::Stateless);
+    }
+
+    #[test]
+    fn version_rules() {
+        assert!(allows_batch("2025-03-26") && !allows_batch("2025-06-18"));
+        assert!(wants_priming("2025-11-25") && !wants_priming("2025-06-18"));
+        assert!(is_supported("2024-11-05") && !is_supported("2026-07-28"));
+    }
+}
