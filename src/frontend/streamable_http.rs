@@ -179,6 +179,7 @@ fn in_band(err: &GatewayError, id: &Id) -> Response<Body> {
     error_reply(err, Some(id))
 }
 
+/// Options of a POST response stream: SEP-1699 early close applies to these only.
 fn stream_options(app: &App, version: &str) -> StreamOptions {
     let s = &app.config.sessions;
     let close = !s.sse_close_after.is_zero() && protocol::wants_priming(version);
@@ -333,11 +334,12 @@ async fn get(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, G
     }
     prefix.extend(opened.replay.iter().map(|(id, data)| sse::event(*id, data)));
     let rx = (!opened.complete).then_some(rx);
-    Ok(sse_response(sse::body(
-        prefix,
-        rx,
-        stream_options(app, &version),
-    )))
+    // GET streams are never closed early: a resumed stream carries its request to the end.
+    let opts = StreamOptions {
+        close_after: None,
+        ..stream_options(app, &version)
+    };
+    Ok(sse_response(sse::body(prefix, rx, opts)))
 }
 
 fn delete(app: &App, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
