@@ -2,6 +2,7 @@
 //! prompts (`@modelcontextprotocol/conformance` server scenarios), plus `echo` and `sleep`.
 //! Every optional field is omitted rather than `null`: strict clients drop messages with nulls.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -16,9 +17,13 @@ const WAV: &str = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
 /// The revision the example server prefers; it accepts any session-era revision a client asks for.
 const LATEST: &str = "2025-11-25";
 
-pub(super) async fn handle(peer: &Peer, method: &str, params: Value) -> Result<Value, RpcError> {
+pub(super) async fn handle(
+    peer: &Arc<Peer>,
+    method: &str,
+    params: Value,
+) -> Result<Value, RpcError> {
     match method {
-        "initialize" => Ok(initialize(peer, &params)),
+        "initialize" => initialize(peer, &params),
         "ping" | "logging/setLevel" | "resources/unsubscribe" => {
             if method == "logging/setLevel" {
                 *peer.log_level.lock().expect("not poisoned") =
@@ -45,6 +50,9 @@ pub(super) async fn handle(peer: &Peer, method: &str, params: Value) -> Result<V
                 .lock()
                 .expect("not poisoned")
                 .insert(uri.clone());
+            if uri == "test://watched-resource" {
+                peer.announce_update(uri, Duration::from_millis(100));
+            }
             Ok(json!({}))
         }
         "prompts/list" => Ok(json!({ "prompts": prompts() })),
@@ -66,15 +74,17 @@ pub(super) async fn handle(peer: &Peer, method: &str, params: Value) -> Result<V
     }
 }
 
-fn initialize(peer: &Peer, params: &Value) -> Value {
+fn initialize(peer: &Peer, params: &Value) -> Result<Value, RpcError> {
+    let asked = params["protocolVersion"]
+        .as_str()
+        .ok_or_else(|| RpcError::invalid_params("initialize needs params.protocolVersion"))?;
     *peer.client_capabilities.lock().expect("not poisoned") = params["capabilities"].clone();
-    let asked = params["protocolVersion"].as_str().unwrap_or(LATEST);
     let version = if crate::protocol::is_supported(asked) {
         asked
     } else {
         LATEST
     };
-    json!({
+    Ok(json!({
         "protocolVersion": version,
         "capabilities": {
             "tools": {"listChanged": true},
@@ -84,7 +94,7 @@ fn initialize(peer: &Peer, params: &Value) -> Value {
             "completions": {}
         },
         "serverInfo": {"name": "mcp-edge-example", "version": env!("CARGO_PKG_VERSION")}
-    })
+    }))
 }
 
 fn tool(name: &str, description: &str, properties: Value, required: &[&str]) -> Value {
@@ -96,7 +106,12 @@ fn tools() -> Vec<Value> {
     let none = || json!({});
     vec![
         tool("echo", "Returns its `message` argument as text", json!({"message": {"type": "string"}}), &["message"]),
-        tool("sleep", "Waits `ms` milliseconds, then answers", json!({"ms": {"type": "integer", "minimum": 0}}), &["ms"]),
+        tool(
+            "sleep",
+            "Waits `ms` milliseconds, then answers; with a progress token, reports progress every `progress_every_ms`",
+            json!({"ms": {"type": "integer", "minimum": 0}, "progress_every_ms": {"type": "integer", "minimum": 1}}),
+            &["ms"],
+        ),
         tool("test_simple_text", "Returns simple text content", none(), &[]),
         tool("test_image_content", "Returns image content", none(), &[]),
         tool("test_audio_content", "Returns audio content", none(), &[]),
@@ -142,7 +157,19 @@ async fn call_tool(peer: &Peer, params: &Value) -> Result<Value, RpcError> {
         }
         "sleep" => {
             let ms = args["ms"].as_u64().ok_or_else(|| RpcError::invalid_params("`ms` must be a whole number"))?;
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let every = args["progress_every_ms"].as_u64().filter(|e| *e > 0 && token.is_some());
+            let start = tokio::time::Instant::now();
+            let end = start + Duration::from_millis(ms);
+            if let (Some(every), Some(t)) = (every, &token) {
+                let mut tick = start + Duration::from_millis(every);
+                while tick < end {
+                    tokio::time::sleep_until(tick).await;
+                    let done = tick.duration_since(start).as_millis() as u64;
+                    peer.notify("notifications/progress", json!({"progressToken": t, "progress": done, "total": ms})).await;
+                    tick += Duration::from_millis(every);
+                }
+            }
+            tokio::time::sleep_until(end).await;
             Ok(content(vec![text(format!("slept {ms} ms"))]))
         }
         "test_simple_text" => Ok(content(vec![text("This is a simple text response for testing.")])),

@@ -100,6 +100,24 @@ impl Peer {
             .unwrap_or_else(|_| Err(RpcError::new(code::INTERNAL_ERROR, "the client went away")))
     }
 
+    /// Tells the client, after `delay`, that a subscribed resource changed (the watched
+    /// resource "changes" once per subscription), unless it unsubscribed meanwhile.
+    pub(crate) fn announce_update(self: &Arc<Self>, uri: String, delay: std::time::Duration) {
+        let peer = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if peer
+                .subscriptions
+                .lock()
+                .expect("not poisoned")
+                .contains(&uri)
+            {
+                peer.notify("notifications/resources/updated", json!({ "uri": uri }))
+                    .await;
+            }
+        });
+    }
+
     /// Handles one incoming line: requests run as tasks, responses wake their waiters.
     pub fn receive(self: &Arc<Self>, line: Bytes) {
         let msg = match Message::parse(&line) {

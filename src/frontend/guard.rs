@@ -130,9 +130,11 @@ mod tests {
 
     #[test]
     fn configured_values_are_allowed() {
-        let mut c = ServerConfig::default();
-        c.allowed_hosts = vec!["mcp.internal".into()];
-        c.allowed_origins = vec!["https://app.example.com".into()];
+        let mut c = ServerConfig {
+            allowed_hosts: vec!["mcp.internal".into()],
+            allowed_origins: vec!["https://app.example.com".into()],
+            ..ServerConfig::default()
+        };
         let g = OriginGuard::new(&c);
         assert!(g
             .check(&headers(&[("host", "mcp.internal:8080")]), None)

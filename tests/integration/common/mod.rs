@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod process;
 pub mod procs;
 
 use std::time::Duration;
@@ -12,7 +13,7 @@ use mcp_edge::config::{self, Config, Overrides, ServerOverrides, Source};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use client::{Client, Response, SseReader};
+pub use client::{Client, Response};
 
 /// The mcp-edge binary built for this test run.
 pub const EXE: &str = env!("CARGO_BIN_EXE_mcp-edge");
@@ -20,7 +21,9 @@ pub const EXE: &str = env!("CARGO_BIN_EXE_mcp-edge");
 /// The shipped configuration (the example server over stdio), listening on a free port.
 pub fn default_config() -> Config {
     let overrides = Overrides {
-        server: Some(ServerOverrides { listen: Some("127.0.0.1:0".parse().unwrap()) }),
+        server: Some(ServerOverrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+        }),
         ..Default::default()
     };
     let mut c = config::load(&Source::BuiltIn, &overrides).expect("the built-in config loads");
@@ -45,13 +48,20 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(config: Config) -> TestGateway {
-        let gw = mcp_edge::Gateway::bind(config, EXE.into()).await.expect("binds");
+        let gw = mcp_edge::Gateway::bind(config, EXE.into())
+            .await
+            .expect("binds");
         let addr = gw.local_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        TestGateway { url: format!("http://{addr}/mcp"), addr, stop: Some(tx), task: Some(task) }
+        TestGateway {
+            url: format!("http://{addr}/mcp"),
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub async fn default() -> TestGateway {
@@ -66,7 +76,10 @@ impl TestGateway {
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(30), task).await.expect("shutdown finishes").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("shutdown finishes")
+            .unwrap();
     }
 }
 

@@ -1,0 +1,108 @@
+//! The whole life of a session: initialize, use, GET stream, DELETE, then 404 everywhere.
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::common::{Client, TestGateway};
+
+#[tokio::test]
+async fn a_session_is_born_used_and_deleted() {
+    let gw = TestGateway::default().await;
+    let mut c = gw.client();
+
+    let init = c.initialize("2025-06-18").await;
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(init["result"]["serverInfo"]["name"], "mcp-edge-example");
+    let sid = c.session.clone().unwrap();
+    let (prefix, random) = sid.split_once('.').expect("<instance>.<random>");
+    assert_eq!(prefix, "test");
+    assert!(
+        random.len() >= 32 && sid.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+        "visible ASCII: {sid}"
+    );
+
+    let tools = c.request("tools/list", json!({})).await;
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"echo") && names.contains(&"test_sampling"),
+        "{names:?}"
+    );
+
+    let echoed = c
+        .call_tool("echo", json!({"message": "hello through the gateway"}))
+        .await;
+    assert_eq!(
+        echoed["result"]["content"][0]["text"],
+        "hello through the gateway"
+    );
+
+    let get = c.get_stream(&[]).await;
+    assert_eq!(get.status, StatusCode::OK);
+    assert!(get.is_sse());
+    assert_eq!(get.headers["cache-control"], "no-cache");
+    assert_eq!(get.headers["x-accel-buffering"], "no");
+
+    let del = c.delete().await;
+    assert_eq!(del.status, StatusCode::OK);
+    // The GET stream of a deleted session ends.
+    let mut stream = get.sse();
+    assert!(stream
+        .next_within(std::time::Duration::from_secs(5))
+        .await
+        .is_none());
+
+    let after = c
+        .post(&json!({"jsonrpc": "2.0", "id": 99, "method": "tools/list"}))
+        .await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND);
+    assert_eq!(after.json().await["error"]["code"], -32001);
+    assert_eq!(c.get_stream(&[]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.delete().await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn session_ids_are_minted_only_for_a_successful_initialize() {
+    let gw = TestGateway::default().await;
+    let c = Client::new(&gw.url);
+    // The example server refuses an initialize without params: no session id may be minted.
+    let resp = c
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize"}))
+        .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(resp.headers.get("mcp-session-id").is_none());
+    let body = resp.json().await;
+    assert!(body.get("error").is_some(), "{body}");
+}
+
+#[tokio::test]
+async fn every_session_era_revision_initializes() {
+    let gw = TestGateway::default().await;
+    for v in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
+        let mut c = gw.client();
+        let r = c.initialize(v).await;
+        assert_eq!(r["result"]["protocolVersion"], v);
+        let pong = c.request("ping", json!({})).await;
+        assert_eq!(pong["result"], json!({}));
+    }
+}
+
+#[tokio::test]
+async fn notifications_and_responses_get_202_with_an_empty_body() {
+    let gw = TestGateway::default().await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    let r = c
+        .post(&json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(r.bytes().await.is_empty());
+    let r = c
+        .post(&json!({"jsonrpc": "2.0", "id": "unknown", "result": {}}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+}

@@ -1,0 +1,15 @@
+//! The one integration test binary: the real gateway on 127.0.0.1:0 in front of real stdio
+//! children (the example server), driven over real sockets. One behaviour per module.
+
+mod common;
+
+mod backend_failure;
+mod cli;
+mod concurrency;
+mod errors;
+mod lifecycle;
+mod processes;
+mod resume;
+mod routing;
+mod shutdown;
+mod timeouts;

@@ -1,0 +1,69 @@
+//! SIGTERM: in-flight calls finish (up to the grace period), then streams end, children stop,
+//! and the process exits 0.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use crate::common::process::{config_file, GatewayProcess};
+use crate::common::{procs, Client};
+
+#[tokio::test]
+async fn sigterm_during_a_long_call_lets_it_finish_then_exits_cleanly() {
+    let mut gw = GatewayProcess::spawn(&[]);
+    let mut c = Client::new(&gw.url);
+    c.initialize("2025-06-18").await;
+    let mut get = c.get_stream(&[]).await.sse();
+    let family: Vec<i32> = procs::descendants(gw.pid())
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(family.len(), 2);
+
+    let call = c.call_tool("sleep", json!({"ms": 1500}));
+    let term = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.signal(Signal::SIGTERM);
+    };
+    let (answer, ()) = tokio::join!(call, term);
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "slept 1500 ms",
+        "the in-flight call finished: {answer}"
+    );
+    assert!(
+        get.next_within(Duration::from_secs(10)).await.is_none(),
+        "the GET stream ended"
+    );
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(family.iter().all(|p| !procs::alive(*p)), "children stopped");
+    for phase in [
+        "Shutdown 1/4",
+        "Shutdown 2/4",
+        "Shutdown 3/4",
+        "Shutdown 4/4",
+        "Shutdown complete",
+    ] {
+        assert!(gw.logged(phase), "logged {phase}");
+    }
+}
+
+#[tokio::test]
+async fn calls_longer_than_the_grace_period_are_cut_with_an_error() {
+    let body = format!("{}\n", mcp_edge::config::DEFAULT_TOML)
+        .replace("shutdown_grace = \"30s\"", "shutdown_grace = \"300ms\"");
+    let (_dir, path) = config_file(&body);
+    let mut gw = GatewayProcess::spawn(&["--config", &path]);
+    let mut c = Client::new(&gw.url);
+    c.initialize("2025-06-18").await;
+    let call = c.call_tool("sleep", json!({"ms": 60000}));
+    let term = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gw.signal(Signal::SIGTERM);
+    };
+    let started = std::time::Instant::now();
+    let (answer, ()) = tokio::join!(call, term);
+    assert_eq!(answer["error"]["code"], -32005, "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+}
