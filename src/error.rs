@@ -86,9 +86,7 @@ impl GatewayError {
             OriginForbidden(_) | HostForbidden(_) => StatusCode::FORBIDDEN,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             StreamConflict => StatusCode::CONFLICT,
-            BackendUnavailable(_) | RequestTimeout(_) | SessionEnded(_) | DuplicateId(_) => {
-                StatusCode::OK
-            }
+            BackendUnavailable(_) | RequestTimeout(_) | SessionEnded(_) | DuplicateId(_) => StatusCode::OK,
         }
     }
 
@@ -132,9 +130,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BackendUnavailable(_) => Cause::Backend,
-            TooManySessions(_) | ShuttingDown | RequestTimeout(_) | SessionEnded(_) => {
-                Cause::Gateway
-            }
+            TooManySessions(_) | ShuttingDown | RequestTimeout(_) | SessionEnded(_) => Cause::Gateway,
             _ => Cause::Client,
         }
     }
@@ -242,8 +238,7 @@ mod tests {
 
     #[test]
     fn catalog_is_complete() {
-        let names: std::collections::HashSet<_> =
-            GatewayError::catalog().iter().map(|e| e.name()).collect();
+        let names: std::collections::HashSet<_> = GatewayError::catalog().iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), GatewayError::catalog().len());
         assert_eq!(names.len(), 22, "add new variants to catalog()");
     }

@@ -51,32 +51,22 @@ impl Gateway {
     /// `self_exe` is the mcp-edge executable, used for `{self}` commands and the guard.
     pub async fn bind(config: Config, self_exe: PathBuf) -> std::io::Result<Gateway> {
         let listener = TcpListener::bind(config.server.listen).await?;
-        Ok(Gateway {
-            app: App::new(config, self_exe),
-            listener,
-        })
+        Ok(Gateway { app: App::new(config, self_exe), listener })
     }
 
     /// The example server served in-process at `addr/mcp` (no child, no pipe).
     pub async fn bind_in_process(addr: SocketAddr) -> std::io::Result<Gateway> {
-        let overrides = config::Overrides {
-            server: Some(config::ServerOverrides { listen: Some(addr) }),
-            ..Default::default()
-        };
+        let overrides =
+            config::Overrides { server: Some(config::ServerOverrides { listen: Some(addr) }), ..Default::default() };
         let config = config::load(&config::Source::BuiltIn, &overrides)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let routes = [("/mcp".to_string(), backend::Backend::Example)].into();
         let listener = TcpListener::bind(addr).await?;
-        Ok(Gateway {
-            app: App::with_routes(config, PathBuf::new(), routes),
-            listener,
-        })
+        Ok(Gateway { app: App::with_routes(config, PathBuf::new(), routes), listener })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves, then drains in phases: stop accepting; let in-flight
@@ -98,27 +88,18 @@ impl Gateway {
         let grace = app.config.server.shutdown_grace;
         let waiting = app.registry.in_flight().get();
         tracing::info!(in_flight = waiting, grace = ?grace, "Shutdown 2/4: letting in-flight requests finish.");
-        if tokio::time::timeout(grace, app.registry.in_flight().drained())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, app.registry.in_flight().drained()).await.is_err() {
             tracing::warn!(
                 in_flight = app.registry.in_flight().get(),
                 "The grace period ran out; cutting the remaining requests."
             );
         }
 
-        tracing::info!(
-            sessions = app.registry.len(),
-            "Shutdown 3/4: ending sessions, streams and children."
-        );
+        tracing::info!(sessions = app.registry.len(), "Shutdown 3/4: ending sessions, streams and children.");
         app.registry.end_all().await;
 
         tracing::info!("Shutdown 4/4: closing connections.");
-        if tokio::time::timeout(CONNECTION_CLOSE_WAIT, connections)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(CONNECTION_CLOSE_WAIT, connections).await.is_err() {
             tracing::warn!("Some connections did not close in time.");
         }
         tracing::info!("Shutdown complete.");

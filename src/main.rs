@@ -81,10 +81,8 @@ impl OverrideArgs {
         Overrides {
             instance_id: self.instance_id,
             server: self.listen.map(|l| ServerOverrides { listen: Some(l) }),
-            log: (self.log_format.is_some() || self.log_level.is_some()).then_some(LogOverrides {
-                format: self.log_format,
-                level: self.log_level,
-            }),
+            log: (self.log_format.is_some() || self.log_level.is_some())
+                .then_some(LogOverrides { format: self.log_format, level: self.log_level }),
         }
     }
 }
@@ -92,14 +90,9 @@ impl OverrideArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Guard {
-            liveness_fd,
-            mut argv,
-        } => {
+        Command::Guard { liveness_fd, mut argv } => {
             let program = argv.remove(0);
-            ExitCode::from(
-                mcp_edge::backend::guard::run(liveness_fd, program, argv).clamp(0, 255) as u8,
-            )
+            ExitCode::from(mcp_edge::backend::guard::run(liveness_fd, program, argv).clamp(0, 255) as u8)
         }
         Command::Check { source, overrides } => {
             let source = Source::choose(source.config, None);
@@ -126,11 +119,7 @@ fn main() -> ExitCode {
                 Ok::<_, anyhow::Error>(())
             })
             .map_or_else(report, |_| ExitCode::SUCCESS),
-        Command::Run {
-            source,
-            stdio,
-            overrides,
-        } => {
+        Command::Run { source, stdio, overrides } => {
             let source = Source::choose(source.config, stdio);
             let config = match config::load(&source, &overrides.into_overrides()) {
                 Ok(c) => c,
@@ -140,9 +129,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logs(&config.log);
-            runtime()
-                .block_on(run(config))
-                .map_or_else(report, |_| ExitCode::SUCCESS)
+            runtime().block_on(run(config)).map_or_else(report, |_| ExitCode::SUCCESS)
         }
     }
 }
@@ -153,18 +140,13 @@ fn report(e: anyhow::Error) -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime starts")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts")
 }
 
 async fn run(config: config::Config) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot locate the mcp-edge executable")?;
     let listen = config.server.listen;
-    let gateway = mcp_edge::Gateway::bind(config, exe)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let gateway = mcp_edge::Gateway::bind(config, exe).await.with_context(|| format!("cannot listen on {listen}"))?;
     gateway.run(shutdown_signal()).await;
     Ok(())
 }
@@ -186,10 +168,7 @@ fn init_logs(log: &config::LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_ansi(ansi)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).with_writer(std::io::stderr);
     match log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

@@ -18,11 +18,7 @@ use tracing::Instrument;
 use crate::frontend::{streamable_http, App};
 
 /// Accepts until `stop` is cancelled; returns the watcher of the connections still open.
-pub async fn accept_loop(
-    listener: TcpListener,
-    app: Arc<App>,
-    stop: CancellationToken,
-) -> GracefulShutdown {
+pub async fn accept_loop(listener: TcpListener, app: Arc<App>, stop: CancellationToken) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -44,9 +40,7 @@ pub async fn accept_loop(
             let app = app.clone();
             async move { Ok::<_, std::convert::Infallible>(streamable_http::handle(app, req).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         let span = tracing::debug_span!("connection", client.addr = %addr);
         tokio::spawn(

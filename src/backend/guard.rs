@@ -28,10 +28,7 @@ pub fn run(liveness_fd: i32, program: OsString, args: Vec<OsString>) -> i32 {
     let mut child = match std::process::Command::new(&program).args(&args).spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "mcp-edge guard: cannot start {}: {e}",
-                program.to_string_lossy()
-            );
+            eprintln!("mcp-edge guard: cannot start {}: {e}", program.to_string_lossy());
             return 127;
         }
     };
@@ -48,10 +45,47 @@ pub fn run(liveness_fd: i32, program: OsString, args: Vec<OsString>) -> i32 {
             let _ = killpg(group, Signal::SIGKILL);
         }
     }
-    match child.wait() {
-        Ok(status) => status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+    let code = match child.wait() {
+        Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         Err(_) => 1,
+    };
+    // The server is gone, so whatever is left in the group is an orphaned grandchild. Kill
+    // it here rather than rely on the watcher thread: when the gateway dies, the server sees
+    // stdin close and exits at once, and this process could end before the watcher runs.
+    kill_group_except_self(group);
+    code
+}
+
+/// SIGKILLs every process of `group` but this one, until none is left (bounded rounds, since
+/// members may fork while being killed).
+fn kill_group_except_self(group: nix::unistd::Pid) {
+    let me = std::process::id() as i32;
+    for _ in 0..20 {
+        let members = group_members(group.as_raw(), me);
+        if members.is_empty() {
+            return;
+        }
+        for pid in members {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// Live members of a process group, read from /proc (`stat` fields after the command: state,
+/// ppid, pgrp).
+fn group_members(group: i32, except: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != except)
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return false };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+            state != Some("Z") && pgrp == Some(group)
+        })
+        .collect()
 }

@@ -75,9 +75,7 @@ pub struct ConnectError(pub String);
 impl Backend {
     pub fn from_config(name: &str, config: &BackendConfig) -> Backend {
         match config {
-            BackendConfig::Stdio(c) => {
-                Backend::Stdio(Arc::new(stdio::StdioBackend::new(name, c.clone())))
-            }
+            BackendConfig::Stdio(c) => Backend::Stdio(Arc::new(stdio::StdioBackend::new(name, c.clone()))),
         }
     }
 

@@ -44,10 +44,7 @@ pub struct StdioBackend {
 
 impl StdioBackend {
     pub fn new(name: &str, config: StdioConfig) -> Self {
-        StdioBackend {
-            name: Arc::from(name),
-            config,
-        }
+        StdioBackend { name: Arc::from(name), config }
     }
 
     pub fn name(&self) -> &str {
@@ -56,19 +53,10 @@ impl StdioBackend {
 
     /// The child's environment: allowed variables of the gateway's own, then configured ones.
     fn environment(&self) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self
-            .config
-            .env_allow
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
-            .collect();
+        let mut env: Vec<(String, String)> =
+            self.config.env_allow.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
         env.retain(|(k, _)| !self.config.env.contains_key(k));
-        env.extend(
-            self.config
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.0.clone())),
-        );
+        env.extend(self.config.env.iter().map(|(k, v)| (k.clone(), v.0.clone())));
         env
     }
 
@@ -79,10 +67,7 @@ impl StdioBackend {
         if command == SELF_EXE {
             return Ok(ctx.self_exe.clone());
         }
-        let executable = |p: &Path| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        };
+        let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         if command.contains('/') {
             let path = match &self.config.cwd {
                 Some(cwd) if Path::new(command).is_relative() => cwd.join(command),
@@ -91,25 +76,14 @@ impl StdioBackend {
             return if executable(&path) {
                 Ok(path)
             } else {
-                Err(ConnectError(format!(
-                    "cannot start `{command}`: no executable file at {}",
-                    path.display()
-                )))
+                Err(ConnectError(format!("cannot start `{command}`: no executable file at {}", path.display())))
             };
         }
-        let path_var = env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("");
+        let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("");
         std::env::split_paths(path_var)
             .map(|dir| dir.join(command))
             .find(|p| executable(p))
-            .ok_or_else(|| {
-                ConnectError(format!(
-                    "cannot start `{command}`: not found in the child's PATH"
-                ))
-            })
+            .ok_or_else(|| ConnectError(format!("cannot start `{command}`: not found in the child's PATH")))
     }
 
     /// Starts a child through the guard and wires its pipes to tasks.
@@ -129,18 +103,12 @@ impl StdioBackend {
         }
         let (mut child, liveness) = {
             let _one_at_a_time = SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-                .map_err(|e| ConnectError(format!("cannot create a pipe: {e}")))?;
+            let (read, write) =
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ConnectError(format!("cannot create a pipe: {e}")))?;
             fcntl(read.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
                 .map_err(|e| ConnectError(format!("cannot prepare a pipe: {e}")))?;
-            cmd.arg("__guard")
-                .arg(read.as_raw_fd().to_string())
-                .arg("--")
-                .arg(&program)
-                .args(&self.config.args);
-            let child = cmd
-                .spawn()
-                .map_err(|e| ConnectError(format!("cannot start `{}`: {e}", program.display())))?;
+            cmd.arg("__guard").arg(read.as_raw_fd().to_string()).arg("--").arg(&program).args(&self.config.args);
+            let child = cmd.spawn().map_err(|e| ConnectError(format!("cannot start `{}`: {e}", program.display())))?;
             drop(read);
             (child, write)
         };
@@ -148,8 +116,7 @@ impl StdioBackend {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let span =
-            tracing::info_span!("backend", backend.name = %self.name, session.id = %ctx.session_id);
+        let span = tracing::info_span!("backend", backend.name = %self.name, session.id = %ctx.session_id);
         tracing::debug!(parent: &span, pid = ?pid, program = %program.display(), "Started a stdio child.");
 
         let (tx, rx) = mpsc::channel(self.config.stdin_queue);
@@ -158,11 +125,7 @@ impl StdioBackend {
         let (exit_tx, exit_rx) = watch::channel(None);
 
         tokio::spawn(write_stdin(stdin, rx, close_stdin.clone()));
-        let reader = tokio::spawn(read_stdout(
-            stdout,
-            self.config.max_line_bytes,
-            events_tx.clone(),
-        ));
+        let reader = tokio::spawn(read_stdout(stdout, self.config.max_line_bytes, events_tx.clone()));
         tokio::spawn(log_stderr(stderr, span.clone()));
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -236,8 +199,7 @@ async fn read_stdout(stdout: impl AsyncRead + Unpin, max: usize, events: mpsc::S
                 }
             }
             Err(LineError::TooLong(n)) => {
-                let reason =
-                    format!("backend sent a message longer than max_line_bytes ({n} bytes)");
+                let reason = format!("backend sent a message longer than max_line_bytes ({n} bytes)");
                 let _ = events.send(Event::Closed(reason)).await;
                 return;
             }
@@ -298,10 +260,7 @@ impl StdioStopper {
             async move { rx.wait_for(Option::is_some).await.is_ok() }
         };
         let Some(group) = self.group else { return };
-        if tokio::time::timeout(self.wait, exited(&mut self.exited))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.wait, exited(&mut self.exited)).await.is_err() {
             let _ = killpg(group, Signal::SIGTERM);
             let _ = tokio::time::timeout(self.wait, exited(&mut self.exited)).await;
         }

@@ -9,9 +9,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("`{text}` is not a duration (use e.g. \"500ms\", \"30s\", \"10m\", \"1h\")")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (use e.g. \"500ms\", \"30s\", \"10m\", \"1h\")"))?;
     let ms = match unit.trim() {
         "ms" => n,
         "s" => n * 1_000,

@@ -48,10 +48,7 @@ pub struct LogOverrides {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{origin}: {source}")]
-    Extract {
-        origin: String,
-        source: Box<figment::Error>,
-    },
+    Extract { origin: String, source: Box<figment::Error> },
     #[error("{origin}: {source}")]
     Invalid { origin: String, source: Invalid },
     #[error("quick mode: `--stdio {command}`: {reason}")]
@@ -73,17 +70,10 @@ pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, LoadError>
         Source::BuiltIn => Figment::from(Toml::string(DEFAULT_TOML)),
         Source::QuickStdio(command) => Figment::from(Serialized::defaults(quick(command)?)),
     };
-    let figment = base
-        .merge(Env::prefixed("MCP_EDGE_").split("__"))
-        .merge(Serialized::defaults(overrides));
-    let config: Config = figment.extract().map_err(|e| LoadError::Extract {
-        origin: origin(source),
-        source: Box::new(e),
-    })?;
-    config.validate().map_err(|source_err| LoadError::Invalid {
-        origin: origin(source),
-        source: source_err,
-    })?;
+    let figment = base.merge(Env::prefixed("MCP_EDGE_").split("__")).merge(Serialized::defaults(overrides));
+    let config: Config =
+        figment.extract().map_err(|e| LoadError::Extract { origin: origin(source), source: Box::new(e) })?;
+    config.validate().map_err(|source_err| LoadError::Invalid { origin: origin(source), source: source_err })?;
     Ok(config)
 }
 
@@ -98,23 +88,15 @@ pub fn default_source() -> Source {
 }
 
 fn quick(command: &str) -> Result<toml::Value, LoadError> {
-    let words = shell_words::split(command).map_err(|e| LoadError::Quick {
-        command: command.into(),
-        reason: e.to_string(),
-    })?;
+    let words =
+        shell_words::split(command).map_err(|e| LoadError::Quick { command: command.into(), reason: e.to_string() })?;
     let Some((program, args)) = words.split_first() else {
-        return Err(LoadError::Quick {
-            command: command.into(),
-            reason: "empty command".into(),
-        });
+        return Err(LoadError::Quick { command: command.into(), reason: "empty command".into() });
     };
     let mut backend = toml::map::Map::new();
     backend.insert("kind".into(), "stdio".into());
     backend.insert("command".into(), program.clone().into());
-    backend.insert(
-        "args".into(),
-        toml::Value::Array(args.iter().cloned().map(Into::into).collect()),
-    );
+    backend.insert("args".into(), toml::Value::Array(args.iter().cloned().map(Into::into).collect()));
     let mut route = toml::map::Map::new();
     route.insert("path".into(), "/mcp".into());
     route.insert("backend".into(), "stdio".into());

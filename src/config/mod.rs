@@ -131,10 +131,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
+        LogConfig { level: "info".into(), format: LogFormat::Text }
     }
 }
 
@@ -206,9 +203,7 @@ impl std::fmt::Debug for Secret {
 }
 
 fn default_env_allow() -> Vec<String> {
-    ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"]
-        .map(String::from)
-        .to_vec()
+    ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"].map(String::from).to_vec()
 }
 fn default_max_line_bytes() -> usize {
     16 * 1024 * 1024
@@ -223,20 +218,8 @@ fn default_stdin_queue() -> usize {
 /// The host name with every character an id may not hold (`.`, and anything outside
 /// visible ASCII) replaced by `-`.
 pub fn default_instance_id() -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
-    let id: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let id: String = host.chars().map(|c| if c.is_ascii_graphic() && c != '.' { c } else { '-' }).collect();
     if id.is_empty() {
         "edge".into()
     } else {
@@ -253,21 +236,13 @@ pub struct Invalid {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
-    Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    Invalid { key: key.into(), reason: reason.into() }
 }
 
 impl Config {
     /// Checks what types alone cannot: references, uniqueness, non-zero bounds.
     pub fn validate(&self) -> Result<(), Invalid> {
-        if self.instance_id.is_empty()
-            || !self
-                .instance_id
-                .chars()
-                .all(|c| c.is_ascii_graphic() && c != '.')
-        {
+        if self.instance_id.is_empty() || !self.instance_id.chars().all(|c| c.is_ascii_graphic() && c != '.') {
             return Err(invalid("instance_id", "must be visible ASCII without `.`"));
         }
         if self.routes.is_empty() {
@@ -279,10 +254,7 @@ impl Config {
                 return Err(invalid(format!("routes[{i}].path"), "must start with `/`"));
             }
             if !paths.insert(&r.path) {
-                return Err(invalid(
-                    format!("routes[{i}].path"),
-                    format!("`{}` is used twice", r.path),
-                ));
+                return Err(invalid(format!("routes[{i}].path"), format!("`{}` is used twice", r.path)));
             }
             if !self.backends.contains_key(&r.backend) {
                 return Err(invalid(
@@ -294,14 +266,8 @@ impl Config {
         let nonzero = [
             ("server.max_body_bytes", self.server.max_body_bytes),
             ("sessions.max_sessions", self.sessions.max_sessions),
-            (
-                "sessions.replay_buffer_messages",
-                self.sessions.replay_buffer_messages,
-            ),
-            (
-                "sessions.replay_buffer_bytes",
-                self.sessions.replay_buffer_bytes,
-            ),
+            ("sessions.replay_buffer_messages", self.sessions.replay_buffer_messages),
+            ("sessions.replay_buffer_bytes", self.sessions.replay_buffer_bytes),
             ("sessions.stream_queue", self.sessions.stream_queue),
         ];
         for (key, v) in nonzero {

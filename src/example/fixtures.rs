@@ -17,23 +17,15 @@ const WAV: &str = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
 /// The revision the example server prefers; it accepts any session-era revision a client asks for.
 const LATEST: &str = "2025-11-25";
 
-pub(super) async fn handle(
-    peer: &Arc<Peer>,
-    method: &str,
-    params: Value,
-) -> Result<Value, RpcError> {
+pub(super) async fn handle(peer: &Arc<Peer>, method: &str, params: Value) -> Result<Value, RpcError> {
     match method {
         "initialize" => initialize(peer, &params),
         "ping" | "logging/setLevel" | "resources/unsubscribe" => {
             if method == "logging/setLevel" {
-                *peer.log_level.lock().expect("not poisoned") =
-                    params["level"].as_str().unwrap_or("info").into();
+                *peer.log_level.lock().expect("not poisoned") = params["level"].as_str().unwrap_or("info").into();
             }
             if method == "resources/unsubscribe" {
-                peer.subscriptions
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(params["uri"].as_str().unwrap_or(""));
+                peer.subscriptions.lock().expect("not poisoned").remove(params["uri"].as_str().unwrap_or(""));
             }
             Ok(json!({}))
         }
@@ -46,10 +38,7 @@ pub(super) async fn handle(
         "resources/read" => read_resource(params["uri"].as_str().unwrap_or("")),
         "resources/subscribe" => {
             let uri = params["uri"].as_str().unwrap_or("").to_owned();
-            peer.subscriptions
-                .lock()
-                .expect("not poisoned")
-                .insert(uri.clone());
+            peer.subscriptions.lock().expect("not poisoned").insert(uri.clone());
             if uri == "test://watched-resource" {
                 peer.announce_update(uri, Duration::from_millis(100));
             }
@@ -59,18 +48,10 @@ pub(super) async fn handle(
         "prompts/get" => get_prompt(&params),
         "completion/complete" => {
             let prefix = params["argument"]["value"].as_str().unwrap_or("");
-            let values: Vec<&str> = ["paris", "park", "party"]
-                .into_iter()
-                .filter(|v| v.starts_with(prefix))
-                .collect();
-            Ok(
-                json!({ "completion": { "values": values, "total": values.len(), "hasMore": false } }),
-            )
+            let values: Vec<&str> = ["paris", "park", "party"].into_iter().filter(|v| v.starts_with(prefix)).collect();
+            Ok(json!({ "completion": { "values": values, "total": values.len(), "hasMore": false } }))
         }
-        _ => Err(RpcError::new(
-            code::METHOD_NOT_FOUND,
-            format!("Method not found: {method}"),
-        )),
+        _ => Err(RpcError::new(code::METHOD_NOT_FOUND, format!("Method not found: {method}"))),
     }
 }
 
@@ -79,11 +60,7 @@ fn initialize(peer: &Peer, params: &Value) -> Result<Value, RpcError> {
         .as_str()
         .ok_or_else(|| RpcError::invalid_params("initialize needs params.protocolVersion"))?;
     *peer.client_capabilities.lock().expect("not poisoned") = params["capabilities"].clone();
-    let version = if crate::protocol::is_supported(asked) {
-        asked
-    } else {
-        LATEST
-    };
+    let version = if crate::protocol::is_supported(asked) { asked } else { LATEST };
     Ok(json!({
         "protocolVersion": version,
         "capabilities": {
@@ -285,15 +262,11 @@ fn read_resource(uri: &str) -> Result<Value, RpcError> {
             one(json!({"uri": uri, "mimeType": "text/plain", "text": "Watched resource content"}))
         }
         _ => {
-            let id = uri
-                .strip_prefix("test://template/")
-                .and_then(|r| r.strip_suffix("/data"));
+            let id = uri.strip_prefix("test://template/").and_then(|r| r.strip_suffix("/data"));
             match id {
                 Some(id) if !id.is_empty() && !id.contains('/') => {
                     let body = json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")});
-                    one(
-                        json!({"uri": uri, "mimeType": "application/json", "text": body.to_string()}),
-                    )
+                    one(json!({"uri": uri, "mimeType": "application/json", "text": body.to_string()}))
                 }
                 _ => Err(RpcError::new(-32002, format!("Resource not found: {uri}"))),
             }
@@ -319,23 +292,14 @@ fn get_prompt(params: &Value) -> Result<Value, RpcError> {
     let messages = match params["name"].as_str().unwrap_or("") {
         "test_simple_prompt" => vec![user(text("This is a simple prompt for testing."))],
         "test_prompt_with_arguments" => {
-            let (a1, a2) = (
-                args["arg1"].as_str().unwrap_or(""),
-                args["arg2"].as_str().unwrap_or(""),
-            );
-            vec![user(text(format!(
-                "Prompt with arguments: arg1='{a1}', arg2='{a2}'"
-            )))]
+            let (a1, a2) = (args["arg1"].as_str().unwrap_or(""), args["arg2"].as_str().unwrap_or(""));
+            vec![user(text(format!("Prompt with arguments: arg1='{a1}', arg2='{a2}'")))]
         }
         "test_prompt_with_embedded_resource" => {
-            let uri = args["resourceUri"]
-                .as_str()
-                .unwrap_or("test://example-resource");
+            let uri = args["resourceUri"].as_str().unwrap_or("test://example-resource");
             vec![
-                user(
-                    json!({"type": "resource", "resource": {"uri": uri, "mimeType": "text/plain",
-                    "text": "Embedded resource content for testing."}}),
-                ),
+                user(json!({"type": "resource", "resource": {"uri": uri, "mimeType": "text/plain",
+                    "text": "Embedded resource content for testing."}})),
                 user(text("Please process the embedded resource above.")),
             ]
         }

@@ -38,10 +38,7 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError {
-            code,
-            message: message.into(),
-        }
+        RpcError { code, message: message.into() }
     }
 
     pub fn invalid_params(message: impl Into<String>) -> Self {
@@ -81,8 +78,7 @@ impl Peer {
 
     /// Sends a notification to the client.
     pub async fn notify(&self, method: &str, params: Value) {
-        self.send(json!({"jsonrpc": "2.0", "method": method, "params": params}))
-            .await;
+        self.send(json!({"jsonrpc": "2.0", "method": method, "params": params})).await;
     }
 
     /// Sends a request to the client and waits for its answer.
@@ -90,14 +86,9 @@ impl Peer {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("s{n}");
         let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .expect("not poisoned")
-            .insert(format!("\"{id}\""), tx);
-        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-            .await;
-        rx.await
-            .unwrap_or_else(|_| Err(RpcError::new(code::INTERNAL_ERROR, "the client went away")))
+        self.waiting.lock().expect("not poisoned").insert(format!("\"{id}\""), tx);
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
+        rx.await.unwrap_or_else(|_| Err(RpcError::new(code::INTERNAL_ERROR, "the client went away")))
     }
 
     /// Tells the client, after `delay`, that a subscribed resource changed (the watched
@@ -106,14 +97,8 @@ impl Peer {
         let peer = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            if peer
-                .subscriptions
-                .lock()
-                .expect("not poisoned")
-                .contains(&uri)
-            {
-                peer.notify("notifications/resources/updated", json!({ "uri": uri }))
-                    .await;
+            if peer.subscriptions.lock().expect("not poisoned").contains(&uri) {
+                peer.notify("notifications/resources/updated", json!({ "uri": uri })).await;
             }
         });
     }
@@ -133,28 +118,17 @@ impl Peer {
         };
         let value: Value = serde_json::from_slice(&msg.raw).unwrap_or(Value::Null);
         match msg.kind {
-            Kind::Request => self
-                .clone()
-                .spawn_request(msg.id.expect("requests have ids"), value),
+            Kind::Request => self.clone().spawn_request(msg.id.expect("requests have ids"), value),
             Kind::Notification => self.on_notification(&msg),
             Kind::Result | Kind::Error => {
                 let Some(id) = msg.id else { return };
-                let waiter = self
-                    .waiting
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(id.as_json());
+                let waiter = self.waiting.lock().expect("not poisoned").remove(id.as_json());
                 if let Some(tx) = waiter {
                     let answer = match msg.kind {
                         Kind::Result => Ok(value["result"].clone()),
                         _ => Err(RpcError::new(
-                            value["error"]["code"]
-                                .as_i64()
-                                .unwrap_or(code::INTERNAL_ERROR),
-                            value["error"]["message"]
-                                .as_str()
-                                .unwrap_or("error")
-                                .to_owned(),
+                            value["error"]["code"].as_i64().unwrap_or(code::INTERNAL_ERROR),
+                            value["error"]["message"].as_str().unwrap_or("error").to_owned(),
                         )),
                     };
                     let _ = tx.send(answer);
@@ -166,12 +140,7 @@ impl Peer {
     fn on_notification(&self, msg: &Message) {
         if msg.method() == Some("notifications/cancelled") {
             if let Some(id) = &msg.cancelled_id {
-                if let Some(task) = self
-                    .running
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(id.as_json())
-                {
+                if let Some(task) = self.running.lock().expect("not poisoned").remove(id.as_json()) {
                     task.abort();
                 }
             }
@@ -186,10 +155,7 @@ impl Peer {
             let method = request["method"].as_str().unwrap_or_default().to_owned();
             let params = request.get("params").cloned().unwrap_or(Value::Null);
             let answer = fixtures::handle(&peer, &method, params).await;
-            peer.running
-                .lock()
-                .expect("not poisoned")
-                .remove(id.as_json());
+            peer.running.lock().expect("not poisoned").remove(id.as_json());
             let id_value: Value = serde_json::from_str(id.as_json()).unwrap_or(Value::Null);
             let reply = match answer {
                 Ok(result) => json!({"jsonrpc": "2.0", "id": id_value, "result": result}),
@@ -247,23 +213,13 @@ pub fn connect() -> crate::backend::Connection {
             }
         }
     });
-    Connection {
-        tx,
-        events,
-        stopper: Stopper::Tasks(vec![read.abort_handle(), write.abort_handle()]),
-    }
+    Connection { tx, events, stopper: Stopper::Tasks(vec![read.abort_handle(), write.abort_handle()]) }
 }
 
 /// Serves Streamable HTTP at `addr/mcp` in-process until `shutdown` resolves.
-pub async fn serve_http(
-    addr: SocketAddr,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+pub async fn serve_http(addr: SocketAddr, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let gateway = crate::Gateway::bind_in_process(addr).await?;
-    eprintln!(
-        "mcp-edge example server: Streamable HTTP at http://{}/mcp",
-        gateway.local_addr()
-    );
+    eprintln!("mcp-edge example server: Streamable HTTP at http://{}/mcp", gateway.local_addr());
     gateway.run(shutdown).await;
     Ok(())
 }

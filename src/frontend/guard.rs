@@ -17,10 +17,7 @@ pub struct OriginGuard {
 
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Splits `host[:port]` (with `[v6]` literals) and returns the host part.
@@ -38,11 +35,7 @@ impl OriginGuard {
     pub fn new(server: &ServerConfig) -> Self {
         OriginGuard {
             loopback_bind: server.listen.ip().is_loopback(),
-            allowed_hosts: server
-                .allowed_hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            allowed_hosts: server.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             allowed_origins: server
                 .allowed_origins
                 .iter()
@@ -54,28 +47,18 @@ impl OriginGuard {
 
     pub fn check(&self, headers: &HeaderMap, uri_host: Option<&str>) -> Result<(), GatewayError> {
         if self.loopback_bind {
-            let host = headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or(uri_host);
+            let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(uri_host);
             if let Some(host) = host {
                 let lower = host.to_ascii_lowercase();
                 let ok = is_loopback_host(host_part(&lower))
-                    || self
-                        .allowed_hosts
-                        .iter()
-                        .any(|a| *a == lower || a == host_part(&lower));
+                    || self.allowed_hosts.iter().any(|a| *a == lower || a == host_part(&lower));
                 if !ok {
                     return Err(GatewayError::HostForbidden(host.into()));
                 }
             }
         }
         if let Some(origin) = headers.get(http::header::ORIGIN) {
-            let origin = origin
-                .to_str()
-                .unwrap_or("")
-                .trim_end_matches('/')
-                .to_ascii_lowercase();
+            let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
             let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or("");
             let ok = self.any_origin
                 || self.allowed_origins.contains(&origin)
@@ -103,29 +86,13 @@ mod tests {
     #[test]
     fn loopback_bind_refuses_foreign_hosts_and_origins() {
         let g = OriginGuard::new(&ServerConfig::default());
-        assert!(g
-            .check(&headers(&[("host", "localhost:8080")]), None)
-            .is_ok());
+        assert!(g.check(&headers(&[("host", "localhost:8080")]), None).is_ok());
         assert!(g.check(&headers(&[("host", "127.0.0.1:1")]), None).is_ok());
         assert!(g.check(&headers(&[("host", "[::1]:8080")]), None).is_ok());
-        assert!(g
-            .check(&headers(&[("host", "evil.example.com")]), None)
-            .is_err());
-        assert!(g
-            .check(
-                &headers(&[("host", "localhost"), ("origin", "http://localhost:3000")]),
-                None
-            )
-            .is_ok());
-        assert!(g
-            .check(
-                &headers(&[("host", "localhost"), ("origin", "https://evil.example")]),
-                None
-            )
-            .is_err());
-        assert!(g
-            .check(&headers(&[("host", "localhost"), ("origin", "null")]), None)
-            .is_err());
+        assert!(g.check(&headers(&[("host", "evil.example.com")]), None).is_err());
+        assert!(g.check(&headers(&[("host", "localhost"), ("origin", "http://localhost:3000")]), None).is_ok());
+        assert!(g.check(&headers(&[("host", "localhost"), ("origin", "https://evil.example")]), None).is_err());
+        assert!(g.check(&headers(&[("host", "localhost"), ("origin", "null")]), None).is_err());
     }
 
     #[test]
@@ -136,18 +103,9 @@ mod tests {
             ..ServerConfig::default()
         };
         let g = OriginGuard::new(&c);
-        assert!(g
-            .check(&headers(&[("host", "mcp.internal:8080")]), None)
-            .is_ok());
-        assert!(g
-            .check(
-                &headers(&[("host", "localhost"), ("origin", "https://app.example.com")]),
-                None
-            )
-            .is_ok());
+        assert!(g.check(&headers(&[("host", "mcp.internal:8080")]), None).is_ok());
+        assert!(g.check(&headers(&[("host", "localhost"), ("origin", "https://app.example.com")]), None).is_ok());
         c.listen = "0.0.0.0:8080".parse().unwrap();
-        assert!(OriginGuard::new(&c)
-            .check(&headers(&[("host", "anything.example")]), None)
-            .is_ok());
+        assert!(OriginGuard::new(&c).check(&headers(&[("host", "anything.example")]), None).is_ok());
     }
 }

@@ -37,28 +37,15 @@ impl App {
         let routes = config
             .routes
             .iter()
-            .map(|r| {
-                (
-                    r.path.clone(),
-                    Backend::from_config(&r.backend, &config.backends[&r.backend]),
-                )
-            })
+            .map(|r| (r.path.clone(), Backend::from_config(&r.backend, &config.backends[&r.backend])))
             .collect();
         App::with_routes(config, self_exe, routes)
     }
 
     /// An app whose routes are given rather than built from the configuration.
-    pub fn with_routes(
-        config: Config,
-        self_exe: std::path::PathBuf,
-        routes: HashMap<String, Backend>,
-    ) -> Arc<App> {
+    pub fn with_routes(config: Config, self_exe: std::path::PathBuf, routes: HashMap<String, Backend>) -> Arc<App> {
         Arc::new(App {
-            registry: Registry::new(
-                config.instance_id.clone(),
-                config.sessions.clone(),
-                self_exe,
-            ),
+            registry: Registry::new(config.instance_id.clone(), config.sessions.clone(), self_exe),
             guard: guard::OriginGuard::new(&config.server),
             routes,
             config,
@@ -77,29 +64,19 @@ pub fn empty() -> Body {
 pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 /// The one rendering of a [`GatewayError`] as an HTTP response.
 pub fn error_reply(err: &GatewayError, id: Option<&Id>) -> Response<Body> {
     log_error(err);
-    let mut r = json_response(
-        err.status(),
-        error_response(id, err.rpc_code(), &err.to_string()),
-    );
+    let mut r = json_response(err.status(), error_response(id, err.rpc_code(), &err.to_string()));
     if let Some(secs) = err.retry_after() {
-        r.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if *err == GatewayError::MethodNotAllowed {
-        r.headers_mut().insert(
-            http::header::ALLOW,
-            HeaderValue::from_static("GET, POST, DELETE"),
-        );
+        r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
     }
     r
 }

@@ -63,9 +63,7 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
         prefix: prefix.into_iter(),
         rx,
         keepalive,
-        close_at: opts
-            .close_after
-            .map(|(after, retry)| (Instant::now() + after, retry)),
+        close_at: opts.close_after.map(|(after, retry)| (Instant::now() + after, retry)),
     };
     let frames = stream::unfold(state, |mut st| async move {
         if let Some(chunk) = st.prefix.next() {

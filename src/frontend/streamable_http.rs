@@ -46,19 +46,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 /// Whether an Accept header admits `mime` (exactly, or by a wildcard).
 fn accepts(headers: &HeaderMap, mime: &str) -> bool {
     let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
-    headers
-        .get_all(http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .map(|item| item.split(';').next().unwrap_or("").trim())
-                .any(|m| {
-                    m.eq_ignore_ascii_case(mime)
-                        || m == "*/*"
-                        || m.eq_ignore_ascii_case(&format!("{kind}/*"))
-                })
-        })
+    headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',')
+            .map(|item| item.split(';').next().unwrap_or("").trim())
+            .any(|m| m.eq_ignore_ascii_case(mime) || m == "*/*" || m.eq_ignore_ascii_case(&format!("{kind}/*")))
+    })
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -86,28 +78,15 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, GatewayEr
     }
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(body) => Ok(body.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large)
-        }
-        Err(e) => Err(GatewayError::InvalidMessage(format!(
-            "the body could not be read: {e}"
-        ))),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large),
+        Err(e) => Err(GatewayError::InvalidMessage(format!("the body could not be read: {e}"))),
     }
 }
 
-async fn post(
-    app: &Arc<App>,
-    backend: &Backend,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, GatewayError> {
+async fn post(app: &Arc<App>, backend: &Backend, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers().clone();
     if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
-        return Err(GatewayError::NotAcceptable(
-            "Accept must list application/json and text/event-stream",
-        ));
+        return Err(GatewayError::NotAcceptable("Accept must list application/json and text/event-stream"));
     }
     let json = header(&headers, "content-type")
         .and_then(|v| v.split(';').next())
@@ -132,24 +111,16 @@ async fn post(
         }
         let msg = msgs.into_iter().next().expect("one message");
         if msg.kind != Kind::Request {
-            return Err(GatewayError::InvalidMessage(
-                "initialize must be a request".into(),
-            ));
+            return Err(GatewayError::InvalidMessage("initialize must be a request".into()));
         }
         return initialize(app, backend, msg).await;
     }
     let session = session(app, &headers)?;
-    let version = session
-        .version()
-        .unwrap_or(protocol::ASSUMED_WITHOUT_HEADER)
-        .to_owned();
+    let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
     if batch && !protocol::allows_batch(&version) {
         return Err(GatewayError::BatchNotAllowed);
     }
-    let first_request = msgs
-        .iter()
-        .find(|m| m.is_request())
-        .and_then(|m| m.id.clone());
+    let first_request = msgs.iter().find(|m| m.is_request()).and_then(|m| m.id.clone());
     let Some(first_request) = first_request else {
         // Only notifications and responses: hand them over and acknowledge.
         session.submit(msgs.clone(), None).await?;
@@ -183,23 +154,14 @@ fn in_band(err: &GatewayError, id: &Id) -> Response<Body> {
 fn stream_options(app: &App, version: &str) -> StreamOptions {
     let s = &app.config.sessions;
     let close = !s.sse_close_after.is_zero() && protocol::wants_priming(version);
-    StreamOptions {
-        keepalive: s.sse_keepalive,
-        close_after: close.then_some((s.sse_close_after, s.sse_retry)),
-    }
+    StreamOptions { keepalive: s.sse_keepalive, close_after: close.then_some((s.sse_close_after, s.sse_retry)) }
 }
 
 fn sse_response(body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
 }
@@ -221,9 +183,7 @@ async fn respond(
     if !batch {
         // Cancel-safe: a frame is either returned or still in the channel.
         match tokio::time::timeout(app.config.sessions.json_wait, rx.recv()).await {
-            Ok(Some(Frame::Event {
-                data, last: true, ..
-            })) => return json_response(StatusCode::OK, data),
+            Ok(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
             Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
             Ok(Some(Frame::End) | None) => return sse_response(sse::body(prefix, None, opts)),
             Err(_) => {}
@@ -256,11 +216,7 @@ impl Drop for Unpublished {
 
 /// Starts a session, relays `initialize`, and publishes the session only when the backend
 /// answered with an `InitializeResult`: that response alone carries `Mcp-Session-Id`.
-async fn initialize(
-    app: &Arc<App>,
-    backend: &Backend,
-    msg: Message,
-) -> Result<Response<Body>, GatewayError> {
+async fn initialize(app: &Arc<App>, backend: &Backend, msg: Message) -> Result<Response<Body>, GatewayError> {
     let id = msg.id.clone().expect("requests have ids");
     let handle = match app.registry.start(backend).await {
         Ok(h) => h,
@@ -275,11 +231,7 @@ async fn initialize(
     let mut last = None;
     while let Some(frame) = rx.recv().await {
         match frame {
-            Frame::Event {
-                id,
-                data,
-                last: true,
-            } => {
+            Frame::Event { id, data, last: true } => {
                 last = Some((id, data));
                 break;
             }
@@ -288,14 +240,9 @@ async fn initialize(
         }
     }
     let Some((event_id, data)) = last else {
-        return Ok(in_band(
-            &GatewayError::SessionEnded("initialize was cancelled".into()),
-            &id,
-        ));
+        return Ok(in_band(&GatewayError::SessionEnded("initialize was cancelled".into()), &id));
     };
-    let version = serde_json::from_slice::<InitializeResponse>(&data)
-        .ok()
-        .map(|r| r.result.protocol_version);
+    let version = serde_json::from_slice::<InitializeResponse>(&data).ok().map(|r| r.result.protocol_version);
     let mut response = if before.is_empty() {
         json_response(StatusCode::OK, data)
     } else {
@@ -315,15 +262,10 @@ async fn initialize(
 async fn get(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers();
     if !accepts(headers, "text/event-stream") {
-        return Err(GatewayError::NotAcceptable(
-            "Accept must list text/event-stream",
-        ));
+        return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
     let session = session(app, headers)?;
-    let version = session
-        .version()
-        .unwrap_or(protocol::ASSUMED_WITHOUT_HEADER)
-        .to_owned();
+    let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
     let last_event_id = header(headers, "last-event-id").map(str::to_owned);
     let resumed = last_event_id.is_some();
     let (tx, rx) = mpsc::channel(app.config.sessions.stream_queue);
@@ -335,19 +277,13 @@ async fn get(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, G
     prefix.extend(opened.replay.iter().map(|(id, data)| sse::event(*id, data)));
     let rx = (!opened.complete).then_some(rx);
     // GET streams are never closed early: a resumed stream carries its request to the end.
-    let opts = StreamOptions {
-        close_after: None,
-        ..stream_options(app, &version)
-    };
+    let opts = StreamOptions { close_after: None, ..stream_options(app, &version) };
     Ok(sse_response(sse::body(prefix, rx, opts)))
 }
 
 fn delete(app: &App, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
     let id = header(headers, SESSION_HEADER).ok_or(GatewayError::MissingSession)?;
-    let session = app
-        .registry
-        .remove(id)
-        .ok_or(GatewayError::UnknownSession)?;
+    let session = app.registry.remove(id).ok_or(GatewayError::UnknownSession)?;
     session.end(EndReason::Deleted);
     tracing::info!(session.id = id, "The client deleted its session.");
     Ok(status_only(StatusCode::OK))
@@ -360,10 +296,7 @@ mod tests {
     #[test]
     fn accept_matching() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "accept",
-            "application/json, text/event-stream;q=0.9".parse().unwrap(),
-        );
+        h.insert("accept", "application/json, text/event-stream;q=0.9".parse().unwrap());
         assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
         h.insert("accept", "application/json".parse().unwrap());
         assert!(!accepts(&h, "text/event-stream"));

@@ -45,13 +45,9 @@ impl Id {
     pub fn from_raw(raw: &RawValue) -> Option<Id> {
         let text = raw.get().trim();
         let ok = match text.as_bytes().first()? {
-            b'"' => {
-                serde_json::from_str::<&str>(text).is_ok()
-                    || serde_json::from_str::<String>(text).is_ok()
-            }
+            b'"' => serde_json::from_str::<&str>(text).is_ok() || serde_json::from_str::<String>(text).is_ok(),
             b'-' | b'0'..=b'9' => {
-                serde_json::from_str::<i64>(text).is_ok()
-                    || serde_json::from_str::<u64>(text).is_ok()
+                serde_json::from_str::<i64>(text).is_ok() || serde_json::from_str::<u64>(text).is_ok()
             }
             _ => false,
         };
@@ -111,11 +107,7 @@ pub struct Message {
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Message")
-            .field("kind", &self.kind)
-            .field("id", &self.id)
-            .field("method", &self.method)
-            .finish()
+        f.debug_struct("Message").field("kind", &self.kind).field("id", &self.id).field("method", &self.method).finish()
     }
 }
 
@@ -188,15 +180,11 @@ impl Body {
     pub fn parse(bytes: &Bytes) -> Result<Body, ParseError> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
-            let items: Vec<&RawValue> =
-                serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
             if items.is_empty() {
                 return Err(ParseError::Invalid("empty batch"));
             }
-            let msgs = items
-                .into_iter()
-                .map(|raw| Message::from_raw(bytes, raw))
-                .collect::<Result<_, _>>()?;
+            let msgs = items.into_iter().map(|raw| Message::from_raw(bytes, raw)).collect::<Result<_, _>>()?;
             Ok(Body::Batch(msgs))
         } else {
             Message::parse(bytes).map(Body::Single)
@@ -214,24 +202,20 @@ impl Body {
 impl Message {
     /// Parses one message from bytes that hold exactly one JSON value.
     pub fn parse(bytes: &Bytes) -> Result<Message, ParseError> {
-        let raw: &RawValue =
-            serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+        let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
         Message::from_raw(bytes, raw)
     }
 
     fn from_raw(source: &Bytes, raw: &RawValue) -> Result<Message, ParseError> {
-        let env: Envelope<'_> = serde_json::from_str(raw.get())
-            .map_err(|_| ParseError::Invalid("a message must be a JSON object"))?;
+        let env: Envelope<'_> =
+            serde_json::from_str(raw.get()).map_err(|_| ParseError::Invalid("a message must be a JSON object"))?;
         if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(ParseError::Invalid("\"jsonrpc\" must be \"2.0\""));
         }
         let id = match env.id {
             None => None,
             Some(r) if r.get() == "null" => None,
-            Some(r) => Some(
-                Id::from_raw(r)
-                    .ok_or(ParseError::Invalid("\"id\" must be a string or an integer"))?,
-            ),
+            Some(r) => Some(Id::from_raw(r).ok_or(ParseError::Invalid("\"id\" must be a string or an integer"))?),
         };
         let method = match env.method {
             None => None,
@@ -246,11 +230,7 @@ impl Message {
             (Some(_), None, None, None) if env.id.is_none() => Kind::Notification,
             (None, Some(_), Some(_), None) => Kind::Result,
             (None, _, None, Some(_)) => Kind::Error,
-            _ => {
-                return Err(ParseError::Invalid(
-                    "not a request, notification or response",
-                ))
-            }
+            _ => return Err(ParseError::Invalid("not a request, notification or response")),
         };
         let mut msg = Message {
             raw: source.slice_ref(raw.get().as_bytes()),
@@ -271,10 +251,9 @@ impl Message {
         let text = params.get();
         let wanted = match self.kind {
             Kind::Request => text.contains("progressToken"),
-            Kind::Notification => matches!(
-                self.method.as_deref(),
-                Some("notifications/progress" | "notifications/cancelled")
-            ),
+            Kind::Notification => {
+                matches!(self.method.as_deref(), Some("notifications/progress" | "notifications/cancelled"))
+            }
             _ => false,
         };
         if !wanted {
@@ -284,9 +263,7 @@ impl Message {
             return;
         };
         match self.kind {
-            Kind::Request => {
-                self.progress_token = p.meta.and_then(|m| m.progress_token).and_then(Id::from_raw)
-            }
+            Kind::Request => self.progress_token = p.meta.and_then(|m| m.progress_token).and_then(Id::from_raw),
             _ => {
                 self.progress_token = p.progress_token.and_then(Id::from_raw);
                 self.cancelled_id = p.request_id.and_then(Id::from_raw);
@@ -319,10 +296,7 @@ pub fn single_line(raw: &Bytes) -> Bytes {
     if !raw.iter().any(|b| *b == b'\n' || *b == b'\r') {
         return raw.clone();
     }
-    raw.iter()
-        .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b })
-        .collect::<Vec<u8>>()
-        .into()
+    raw.iter().map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }).collect::<Vec<u8>>().into()
 }
 
 /// Builds `{"jsonrpc":"2.0","id":…,"error":{"code":…,"message":…}}` (id `null` when absent).
@@ -352,17 +326,11 @@ mod tests {
 
     #[test]
     fn kinds_and_ids() {
-        let m = parse(
-            r#"{"jsonrpc":"2.0","id":"a","method":"x","params":{"_meta":{"progressToken":7}}}"#,
-        )
-        .unwrap();
+        let m = parse(r#"{"jsonrpc":"2.0","id":"a","method":"x","params":{"_meta":{"progressToken":7}}}"#).unwrap();
         assert_eq!(m.kind, Kind::Request);
         assert_eq!(m.id.unwrap().as_json(), "\"a\"");
         assert_eq!(m.progress_token.unwrap().as_json(), "7");
-        let n = parse(
-            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r1"}}"#,
-        )
-        .unwrap();
+        let n = parse(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r1"}}"#).unwrap();
         assert_eq!(n.kind, Kind::Notification);
         assert_eq!(n.cancelled_id.unwrap().as_json(), "\"r1\"");
         let r = parse(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap();
@@ -375,31 +343,18 @@ mod tests {
     #[test]
     fn rejects_bad_envelopes() {
         assert_eq!(parse("{").unwrap_err().code(), code::PARSE_ERROR);
-        assert_eq!(
-            parse(r#"{"id":1,"method":"x"}"#).unwrap_err().code(),
-            code::INVALID_REQUEST
-        );
-        assert_eq!(
-            parse(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#)
-                .unwrap_err()
-                .code(),
-            code::INVALID_REQUEST
-        );
-        assert_eq!(
-            parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#)
-                .unwrap_err()
-                .code(),
-            code::INVALID_REQUEST
-        );
+        assert_eq!(parse(r#"{"id":1,"method":"x"}"#).unwrap_err().code(), code::INVALID_REQUEST);
+        assert_eq!(parse(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).unwrap_err().code(), code::INVALID_REQUEST);
+        assert_eq!(parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).unwrap_err().code(), code::INVALID_REQUEST);
         assert_eq!(parse("[1]").unwrap_err().code(), code::INVALID_REQUEST);
     }
 
     #[test]
     fn keeps_raw_bytes_of_batch_items() {
-        let body = Bytes::from_static(b"[ {\"jsonrpc\":\"2.0\",\"method\":\"a\"} ,\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"b\"}]");
-        let Body::Batch(v) = Body::parse(&body).unwrap() else {
-            panic!("not a batch")
-        };
+        let body = Bytes::from_static(
+            b"[ {\"jsonrpc\":\"2.0\",\"method\":\"a\"} ,\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"b\"}]",
+        );
+        let Body::Batch(v) = Body::parse(&body).unwrap() else { panic!("not a batch") };
         assert_eq!(&v[0].raw[..], b"{\"jsonrpc\":\"2.0\",\"method\":\"a\"}");
         assert_eq!(v[1].id.as_ref().unwrap().as_json(), "2");
     }
@@ -414,9 +369,6 @@ mod tests {
 
     #[test]
     fn single_line_replaces_breaks() {
-        assert_eq!(
-            &single_line(&Bytes::from_static(b"{\n\"a\":1\r\n}"))[..],
-            b"{ \"a\":1  }"
-        );
+        assert_eq!(&single_line(&Bytes::from_static(b"{\n\"a\":1\r\n}"))[..], b"{ \"a\":1  }");
     }
 }

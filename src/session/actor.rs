@@ -65,11 +65,7 @@ pub(super) struct Actor {
 }
 
 impl Actor {
-    pub(super) fn new(
-        config: SessionConfig,
-        backend: mpsc::Sender<Bytes>,
-        in_flight: Arc<InFlight>,
-    ) -> Self {
+    pub(super) fn new(config: SessionConfig, backend: mpsc::Sender<Bytes>, in_flight: Arc<InFlight>) -> Self {
         let buffer = ReplayBuffer::new(config.replay_buffer_messages, config.replay_buffer_bytes);
         Actor {
             config,
@@ -125,17 +121,10 @@ impl Actor {
 
     fn next_wake(&self) -> Instant {
         let idle = self.last_activity + self.config.idle_timeout;
-        self.pending
-            .values()
-            .map(|p| p.deadline)
-            .fold(idle, Instant::min)
+        self.pending.values().map(|p| p.deadline).fold(idle, Instant::min)
     }
 
-    fn on_client(
-        &mut self,
-        msgs: Vec<Message>,
-        sink: Option<Sink>,
-    ) -> Result<Opened, GatewayError> {
+    fn on_client(&mut self, msgs: Vec<Message>, sink: Option<Sink>) -> Result<Opened, GatewayError> {
         let now = Instant::now();
         self.last_activity = now;
         let mut seen = HashSet::new();
@@ -156,12 +145,7 @@ impl Actor {
         let stream = self.new_stream();
         if requests.is_empty() {
             self.streams.remove(&stream);
-            return Ok(Opened {
-                stream,
-                replay: Vec::new(),
-                complete: true,
-                resume_from: 0,
-            });
+            return Ok(Opened { stream, replay: Vec::new(), complete: true, resume_from: 0 });
         }
         let s = self.streams.get_mut(&stream).expect("just made");
         s.sink = sink;
@@ -172,29 +156,13 @@ impl Actor {
                 self.tokens.insert(token.clone(), id.clone());
             }
             let deadline = now + self.config.request_timeout;
-            self.pending.insert(
-                id,
-                Pending {
-                    stream,
-                    deadline,
-                    token: m.progress_token.clone(),
-                },
-            );
+            self.pending.insert(id, Pending { stream, deadline, token: m.progress_token.clone() });
         }
         self.in_flight.add(self.streams[&stream].owed);
-        Ok(Opened {
-            stream,
-            replay: Vec::new(),
-            complete: false,
-            resume_from: 0,
-        })
+        Ok(Opened { stream, replay: Vec::new(), complete: false, resume_from: 0 })
     }
 
-    fn on_open(
-        &mut self,
-        last_event_id: Option<String>,
-        sink: Sink,
-    ) -> Result<Opened, GatewayError> {
+    fn on_open(&mut self, last_event_id: Option<String>, sink: Sink) -> Result<Opened, GatewayError> {
         self.last_activity = Instant::now();
         let (stream, after) = match last_event_id {
             Some(text) => {
@@ -222,12 +190,7 @@ impl Actor {
             s.sink = Some(sink);
             s.delivered = s.next_seq;
         }
-        Ok(Opened {
-            stream,
-            replay,
-            complete: s.complete,
-            resume_from: s.next_seq,
-        })
+        Ok(Opened { stream, replay, complete: s.complete, resume_from: s.next_seq })
     }
 
     fn on_backend(&mut self, line: Bytes) {
@@ -246,11 +209,7 @@ impl Actor {
                 }
             },
             (Kind::Notification, _) if msg.method() == Some("notifications/progress") => {
-                let target = msg
-                    .progress_token
-                    .as_ref()
-                    .and_then(|t| self.tokens.get(t))
-                    .cloned();
+                let target = msg.progress_token.as_ref().and_then(|t| self.tokens.get(t)).cloned();
                 match target.and_then(|id| self.pending.get_mut(&id)) {
                     Some(p) => {
                         p.deadline = Instant::now() + self.config.request_timeout;
@@ -266,25 +225,15 @@ impl Actor {
 
     fn on_tick(&mut self) -> Option<EndReason> {
         let now = Instant::now();
-        let expired: Vec<Id> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let expired: Vec<Id> =
+            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
             let Some(p) = self.take_pending(&id) else {
                 continue;
             };
-            let _ = self.backend.try_send(cancelled_notification(
-                &id,
-                "request timed out at the gateway",
-            ));
+            let _ = self.backend.try_send(cancelled_notification(&id, "request timed out at the gateway"));
             let err = GatewayError::RequestTimeout(self.config.request_timeout);
-            self.answer(
-                p.stream,
-                error_response(Some(&id), err.rpc_code(), &err.to_string()),
-            );
+            self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
         }
         if self.streams.values().any(Stream::live) {
             self.last_activity = now;
@@ -299,10 +248,7 @@ impl Actor {
         let ids: Vec<Id> = self.pending.keys().cloned().collect();
         for id in ids {
             if let Some(p) = self.take_pending(&id) {
-                self.answer(
-                    p.stream,
-                    error_response(Some(&id), err.rpc_code(), &err.to_string()),
-                );
+                self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
             }
         }
         self.streams.clear();
@@ -354,11 +300,7 @@ impl Actor {
     }
 
     fn emit_unrelated(&mut self, data: Bytes) {
-        let owed = self
-            .streams
-            .iter()
-            .find(|(_, s)| s.owed > 0 && !s.complete)
-            .map(|(id, _)| *id);
+        let owed = self.streams.iter().find(|(_, s)| s.owed > 0 && !s.complete).map(|(id, _)| *id);
         let target = match owed.or(self.standalone) {
             Some(id) => id,
             None => {
@@ -375,23 +317,13 @@ impl Actor {
             return;
         };
         s.next_seq += 1;
-        let id = EventId {
-            stream,
-            seq: s.next_seq,
-        };
+        let id = EventId { stream, seq: s.next_seq };
         s.buffered += 1;
         if let Some(sink) = &s.sink {
-            match sink.try_send(Frame::Event {
-                id,
-                data: data.clone(),
-                last,
-            }) {
+            match sink.try_send(Frame::Event { id, data: data.clone(), last }) {
                 Ok(()) => s.delivered = id.seq,
                 Err(_) => {
-                    tracing::debug!(
-                        stream,
-                        "A stream's reader is gone or too slow; detached it (it may resume)."
-                    );
+                    tracing::debug!(stream, "A stream's reader is gone or too slow; detached it (it may resume).");
                     s.sink = None;
                 }
             }

@@ -15,10 +15,7 @@ pub struct EventId {
 impl EventId {
     pub fn parse(text: &str) -> Option<EventId> {
         let (s, n) = text.trim().split_once('-')?;
-        Some(EventId {
-            stream: s.parse().ok()?,
-            seq: n.parse().ok()?,
-        })
+        Some(EventId { stream: s.parse().ok()?, seq: n.parse().ok()? })
     }
 }
 
@@ -39,12 +36,7 @@ pub struct ReplayBuffer {
 
 impl ReplayBuffer {
     pub fn new(max_events: usize, max_bytes: usize) -> Self {
-        ReplayBuffer {
-            events: VecDeque::new(),
-            bytes: 0,
-            max_events,
-            max_bytes,
-        }
+        ReplayBuffer { events: VecDeque::new(), bytes: 0, max_events, max_bytes }
     }
 
     /// Appends an event; returns the ids evicted to make room.
@@ -52,9 +44,7 @@ impl ReplayBuffer {
         self.bytes += data.len();
         self.events.push_back((id, data));
         let mut evicted = Vec::new();
-        while self.events.len() > self.max_events
-            || (self.bytes > self.max_bytes && self.events.len() > 1)
-        {
+        while self.events.len() > self.max_events || (self.bytes > self.max_bytes && self.events.len() > 1) {
             let Some((old, data)) = self.events.pop_front() else {
                 break;
             };
@@ -66,11 +56,7 @@ impl ReplayBuffer {
 
     /// The events of `stream` after sequence `after`, oldest first.
     pub fn after(&self, stream: u64, after: u64) -> Vec<(EventId, Bytes)> {
-        self.events
-            .iter()
-            .filter(|(id, _)| id.stream == stream && id.seq > after)
-            .cloned()
-            .collect()
+        self.events.iter().filter(|(id, _)| id.stream == stream && id.seq > after).cloned().collect()
     }
 }
 
@@ -82,13 +68,7 @@ mod tests {
     fn bounded_and_filtered() {
         let mut b = ReplayBuffer::new(3, 1000);
         for seq in 1..=4 {
-            b.push(
-                EventId {
-                    stream: seq % 2,
-                    seq,
-                },
-                Bytes::from_static(b"x"),
-            );
+            b.push(EventId { stream: seq % 2, seq }, Bytes::from_static(b"x"));
         }
         let got: Vec<_> = b.after(1, 0).into_iter().map(|(id, _)| id.seq).collect();
         assert_eq!(got, vec![3]);

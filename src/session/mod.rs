@@ -29,11 +29,7 @@ pub use buffer::EventId;
 #[derive(Debug)]
 pub enum Frame {
     /// One server→client message. `last` marks the final message of a request stream.
-    Event {
-        id: EventId,
-        data: Bytes,
-        last: bool,
-    },
+    Event { id: EventId, data: Bytes, last: bool },
     /// The stream has nothing more (its requests were cancelled, or the session ended).
     End,
 }
@@ -117,11 +113,7 @@ impl SessionHandle {
 
     /// Hands client messages to the session: requests are registered (and get a stream that
     /// feeds `sink`), cancellations are applied. The caller then sends them to the backend.
-    pub async fn submit(
-        &self,
-        msgs: Vec<Message>,
-        sink: Option<Sink>,
-    ) -> Result<Opened, GatewayError> {
+    pub async fn submit(&self, msgs: Vec<Message>, sink: Option<Sink>) -> Result<Opened, GatewayError> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Client { msgs, sink, reply }).await?;
         rx.await.map_err(|_| gone())?
@@ -130,28 +122,15 @@ impl SessionHandle {
     /// Writes messages to the backend, waiting for room in its queue.
     pub async fn forward(&self, msgs: &[Message]) -> Result<(), GatewayError> {
         for m in msgs {
-            self.0
-                .backend
-                .send(m.single_line())
-                .await
-                .map_err(|_| gone())?;
+            self.0.backend.send(m.single_line()).await.map_err(|_| gone())?;
         }
         Ok(())
     }
 
     /// Opens the standalone stream, or resumes a stream after `Last-Event-ID`.
-    pub async fn open(
-        &self,
-        last_event_id: Option<String>,
-        sink: Sink,
-    ) -> Result<Opened, GatewayError> {
+    pub async fn open(&self, last_event_id: Option<String>, sink: Sink) -> Result<Opened, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        self.command(Command::Open {
-            last_event_id,
-            sink,
-            reply,
-        })
-        .await?;
+        self.command(Command::Open { last_event_id, sink, reply }).await?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -230,11 +209,7 @@ impl Drop for Slot {
 }
 
 impl Registry {
-    pub fn new(
-        instance_id: String,
-        config: SessionConfig,
-        self_exe: std::path::PathBuf,
-    ) -> Arc<Registry> {
+    pub fn new(instance_id: String, config: SessionConfig, self_exe: std::path::PathBuf) -> Arc<Registry> {
         Arc::new(Registry {
             instance_id,
             config,
@@ -293,14 +268,8 @@ impl Registry {
         }
         let slot = Slot(self.clone());
         let id = self.mint_id();
-        let ctx = backend::Context {
-            self_exe: self.self_exe.clone(),
-            session_id: id.clone(),
-        };
-        let conn = backend
-            .connect(&ctx)
-            .await
-            .map_err(|e| GatewayError::BackendUnavailable(e.0))?;
+        let ctx = backend::Context { self_exe: self.self_exe.clone(), session_id: id.clone() };
+        let conn = backend.connect(&ctx).await.map_err(|e| GatewayError::BackendUnavailable(e.0))?;
         let (commands, rx) = mpsc::channel(64);
         let handle = SessionHandle(Arc::new(Inner {
             id: id.clone(),

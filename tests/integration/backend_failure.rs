@@ -27,24 +27,13 @@ async fn a_child_killed_mid_call_fails_the_call_within_a_second_then_404() {
     };
     let (resp, killed_at) = tokio::join!(call, kill_child);
     let answer = resp.message().await;
-    assert!(
-        killed_at.elapsed() < Duration::from_secs(1),
-        "the error came within a second"
-    );
+    assert!(killed_at.elapsed() < Duration::from_secs(1), "the error came within a second");
     assert_eq!(answer["id"], 1);
     assert_eq!(answer["error"]["code"], -32000);
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("signal 9"),
-        "{answer}"
-    );
+    assert!(answer["error"]["message"].as_str().unwrap().contains("signal 9"), "{answer}");
     let mut gone = false;
     for _ in 0..50 {
-        let r = c
-            .post(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
-            .await;
+        let r = c.post(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"})).await;
         if r.status == StatusCode::NOT_FOUND {
             gone = true;
             break;
@@ -66,10 +55,7 @@ async fn a_missing_command_is_a_clear_error_and_no_session() {
     let body = resp.json().await;
     assert_eq!(body["error"]["code"], -32000);
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("no-such-mcp-server-anywhere") && msg.contains("not found"),
-        "{msg}"
-    );
+    assert!(msg.contains("no-such-mcp-server-anywhere") && msg.contains("not found"), "{msg}");
 }
 
 #[tokio::test]
@@ -83,13 +69,7 @@ async fn a_child_that_exits_at_once_fails_initialize_with_its_status() {
     let resp = c.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})).await;
     let body = resp.json().await;
     assert_eq!(body["error"]["code"], -32000);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("exit status 3"),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("exit status 3"), "{body}");
 }
 
 #[tokio::test]
@@ -101,24 +81,12 @@ async fn an_over_long_stdout_line_ends_the_session_not_the_gateway() {
     c.initialize("2025-06-18").await;
     let mut other = gw.client();
     other.initialize("2025-06-18").await;
-    let answer = c
-        .call_tool("echo", json!({"message": "x".repeat(10_000)}))
-        .await;
+    let answer = c.call_tool("echo", json!({"message": "x".repeat(10_000)})).await;
     assert_eq!(answer["error"]["code"], -32000);
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_line_bytes"),
-        "{answer}"
-    );
+    assert!(answer["error"]["message"].as_str().unwrap().contains("max_line_bytes"), "{answer}");
     let mut gone = false;
     for _ in 0..50 {
-        if c.post(&json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}))
-            .await
-            .status
-            == StatusCode::NOT_FOUND
-        {
+        if c.post(&json!({"jsonrpc": "2.0", "id": 9, "method": "ping"})).await.status == StatusCode::NOT_FOUND {
             gone = true;
             break;
         }
@@ -126,14 +94,7 @@ async fn an_over_long_stdout_line_ends_the_session_not_the_gateway() {
     }
     assert!(gone);
     // The other session never noticed.
-    assert_eq!(
-        other.call_tool("echo", json!({"message": "fine"})).await["result"]["content"][0]["text"],
-        "fine"
-    );
+    assert_eq!(other.call_tool("echo", json!({"message": "fine"})).await["result"]["content"][0]["text"], "fine");
     // And the failed child is gone.
-    assert!(
-        eventually(Duration::from_secs(10), || procs::my_descendants().len()
-            == 2)
-        .await
-    );
+    assert!(eventually(Duration::from_secs(10), || procs::my_descendants().len() == 2).await);
 }

@@ -6,13 +6,7 @@ use crate::common::process::{config_file, stdio_config, GatewayProcess, TempDir}
 use crate::common::{Client, EXE};
 
 fn check(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(EXE)
-        .arg("check")
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let out = Command::new(EXE).arg("check").args(args).envs(env.iter().copied()).current_dir(dir).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -22,72 +16,40 @@ fn check(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (i32, St
 
 #[test]
 fn check_prints_the_effective_config_with_secrets_masked() {
-    let (dir, path) = config_file(&stdio_config(
-        "node",
-        "[\"server.js\"]",
-        "env = { API_TOKEN = \"s3cret-value\" }",
-    ));
+    let (dir, path) = config_file(&stdio_config("node", "[\"server.js\"]", "env = { API_TOKEN = \"s3cret-value\" }"));
     let (code, out, _) = check(&["--config", &path], &[], &dir.0);
     assert_eq!(code, 0);
     assert!(out.contains("API_TOKEN = \"***\""), "{out}");
     assert!(!out.contains("s3cret-value"));
-    assert!(
-        out.contains("max_sessions = 1000"),
-        "defaults are filled in: {out}"
-    );
+    assert!(out.contains("max_sessions = 1000"), "defaults are filled in: {out}");
 }
 
 #[test]
 fn invalid_configs_name_the_file_key_and_reason() {
-    let (dir, path) = config_file(&format!(
-        "{}\n[server]\nlisten_addr = \"x\"\n",
-        stdio_config("node", "[]", "")
-    ));
+    let (dir, path) = config_file(&format!("{}\n[server]\nlisten_addr = \"x\"\n", stdio_config("node", "[]", "")));
     let (code, _, err) = check(&["--config", &path], &[], &dir.0);
     assert_eq!(code, 2);
     assert!(err.contains("listen_addr") && err.contains(&path), "{err}");
 
-    let (dir, path) = config_file(&format!(
-        "instance_id = \"a.b\"\n{}",
-        stdio_config("node", "[]", "")
-    ));
+    let (dir, path) = config_file(&format!("instance_id = \"a.b\"\n{}", stdio_config("node", "[]", "")));
     let (code, _, err) = check(&["--config", &path], &[], &dir.0);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("instance_id") && err.contains("without `.`"),
-        "{err}"
-    );
+    assert!(err.contains("instance_id") && err.contains("without `.`"), "{err}");
 
     let (dir, path) = config_file("[[routes]]\npath = \"/mcp\"\nbackend = \"missing\"\n");
     let (code, _, err) = check(&["--config", &path], &[], &dir.0);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("routes[0].backend") && err.contains("missing"),
-        "{err}"
-    );
+    assert!(err.contains("routes[0].backend") && err.contains("missing"), "{err}");
 }
 
 #[test]
 fn layers_apply_in_order_file_then_env_then_flags() {
     let dir = TempDir::new();
-    let (code, out, _) = check(
-        &[],
-        &[
-            ("MCP_EDGE_INSTANCE_ID", "edge-7"),
-            ("MCP_EDGE_SESSIONS__MAX_SESSIONS", "12"),
-        ],
-        &dir.0,
-    );
+    let (code, out, _) =
+        check(&[], &[("MCP_EDGE_INSTANCE_ID", "edge-7"), ("MCP_EDGE_SESSIONS__MAX_SESSIONS", "12")], &dir.0);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("instance_id = \"edge-7\"") && out.contains("max_sessions = 12"),
-        "{out}"
-    );
-    let (_, out, _) = check(
-        &["--instance-id", "edge-9"],
-        &[("MCP_EDGE_INSTANCE_ID", "edge-7")],
-        &dir.0,
-    );
+    assert!(out.contains("instance_id = \"edge-7\"") && out.contains("max_sessions = 12"), "{out}");
+    let (_, out, _) = check(&["--instance-id", "edge-9"], &[("MCP_EDGE_INSTANCE_ID", "edge-7")], &dir.0);
     assert!(out.contains("instance_id = \"edge-9\""), "{out}");
     let (code, _, err) = check(&[], &[("MCP_EDGE_NO_SUCH_KEY", "1")], &dir.0);
     assert_eq!(code, 2, "unknown environment keys are errors too");
@@ -110,8 +72,6 @@ async fn quick_mode_serves_one_stdio_command_at_mcp() {
     let gw = GatewayProcess::spawn(&["--stdio", &cmd]);
     let mut c = Client::new(&gw.url);
     c.initialize("2025-06-18").await;
-    let r = c
-        .call_tool("echo", serde_json::json!({"message": "quick"}))
-        .await;
+    let r = c.call_tool("echo", serde_json::json!({"message": "quick"})).await;
     assert_eq!(r["result"]["content"][0]["text"], "quick");
 }

@@ -13,11 +13,7 @@ async fn twenty_concurrent_calls_keep_their_ids() {
     c.initialize("2025-06-18").await;
     let calls = (0..20u64).map(|i| {
         // Alternate number and string ids; later calls finish first.
-        let id: Value = if i % 2 == 0 {
-            json!(i)
-        } else {
-            json!(format!("req-{i}"))
-        };
+        let id: Value = if i % 2 == 0 { json!(i) } else { json!(format!("req-{i}")) };
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
             "params": {"name": "sleep", "arguments": {"ms": 400 - i * 20}}});
         let c = &c;
@@ -28,14 +24,8 @@ async fn twenty_concurrent_calls_keep_their_ids() {
         }
     });
     for (id, answer) in join_all(calls).await {
-        assert_eq!(
-            answer["id"], id,
-            "the answer carries its request's id exactly"
-        );
-        assert!(answer["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("slept"));
+        assert_eq!(answer["id"], id, "the answer carries its request's id exactly");
+        assert!(answer["result"]["content"][0]["text"].as_str().unwrap().starts_with("slept"));
     }
 }
 
@@ -55,8 +45,5 @@ async fn an_id_already_in_flight_is_refused_in_band() {
     let refused = second.json().await;
     assert_eq!(refused["id"], "same");
     assert_eq!(refused["error"]["code"], -32006);
-    assert!(
-        first.message().await["result"].is_object(),
-        "the first call is unharmed"
-    );
+    assert!(first.message().await["result"].is_object(), "the first call is unharmed");
 }

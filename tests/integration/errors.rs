@@ -13,9 +13,7 @@ async fn expect(resp: crate::common::Response, status: StatusCode, code: Option<
     let body = resp.json().await;
     if let Some(code) = code {
         assert_eq!(body["error"]["code"], code, "{body}");
-        assert!(body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()));
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     body
 }
@@ -26,51 +24,25 @@ async fn header_and_body_checks() {
     let c = Client::new(&gw.url);
     let json = ("content-type", "application/json");
 
-    let only_json = c
-        .raw(Method::POST, &[("accept", "application/json"), json], INIT)
-        .await;
+    let only_json = c.raw(Method::POST, &[("accept", "application/json"), json], INIT).await;
     expect(only_json, StatusCode::NOT_ACCEPTABLE, Some(-32600)).await;
     let no_accept = c.raw(Method::POST, &[json], INIT).await;
     assert_eq!(no_accept.status, StatusCode::NOT_ACCEPTABLE);
-    let text = c
-        .raw(
-            Method::POST,
-            &[("accept", ACCEPT_BOTH), ("content-type", "text/plain")],
-            INIT,
-        )
-        .await;
+    let text = c.raw(Method::POST, &[("accept", ACCEPT_BOTH), ("content-type", "text/plain")], INIT).await;
     expect(text, StatusCode::UNSUPPORTED_MEDIA_TYPE, Some(-32600)).await;
-    let bad = c
-        .raw(Method::POST, &[("accept", ACCEPT_BOTH), json], "{not json")
-        .await;
+    let bad = c.raw(Method::POST, &[("accept", ACCEPT_BOTH), json], "{not json").await;
     let body = expect(bad, StatusCode::BAD_REQUEST, Some(-32700)).await;
     assert_eq!(body["id"], Value::Null);
-    let not_rpc = c
-        .raw(
-            Method::POST,
-            &[("accept", ACCEPT_BOTH), json],
-            r#"{"id":1,"method":"x"}"#,
-        )
-        .await;
+    let not_rpc = c.raw(Method::POST, &[("accept", ACCEPT_BOTH), json], r#"{"id":1,"method":"x"}"#).await;
     expect(not_rpc, StatusCode::BAD_REQUEST, Some(-32600)).await;
-    let get_json = c
-        .raw(Method::GET, &[("accept", "application/json")], "")
-        .await;
+    let get_json = c.raw(Method::GET, &[("accept", "application/json")], "").await;
     assert_eq!(get_json.status, StatusCode::NOT_ACCEPTABLE);
-    let put = c
-        .raw(Method::PUT, &[("accept", ACCEPT_BOTH), json], INIT)
-        .await;
+    let put = c.raw(Method::PUT, &[("accept", ACCEPT_BOTH), json], INIT).await;
     assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(put.headers["allow"], "GET, POST, DELETE");
     let mut other = Client::new(&gw.url.replace("/mcp", "/elsewhere"));
     other.session = None;
-    assert_eq!(
-        other
-            .raw(Method::POST, &[("accept", ACCEPT_BOTH), json], INIT)
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(other.raw(Method::POST, &[("accept", ACCEPT_BOTH), json], INIT).await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -121,22 +93,12 @@ async fn batches_only_for_2025_03_26_and_never_with_initialize() {
     let gw = TestGateway::default().await;
     let c = Client::new(&gw.url);
     let init: Value = serde_json::from_str(INIT).unwrap();
-    expect(
-        c.post(&json!([init])).await,
-        StatusCode::BAD_REQUEST,
-        Some(-32600),
-    )
-    .await;
+    expect(c.post(&json!([init])).await, StatusCode::BAD_REQUEST, Some(-32600)).await;
 
     let mut newer = gw.client();
     newer.initialize("2025-06-18").await;
     let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}]);
-    expect(
-        newer.post(&batch).await,
-        StatusCode::BAD_REQUEST,
-        Some(-32600),
-    )
-    .await;
+    expect(newer.post(&batch).await, StatusCode::BAD_REQUEST, Some(-32600)).await;
 
     let mut older = gw.client();
     older.initialize("2025-03-26").await;
@@ -161,16 +123,12 @@ async fn a_stateless_probe_is_refused_at_once_with_invalid_request() {
     let c = Client::new(&gw.url);
     let probe = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}});
     let body = expect(
-        c.post_with(&probe, &[("mcp-protocol-version", "2026-07-28")])
-            .await,
+        c.post_with(&probe, &[("mcp-protocol-version", "2026-07-28")]).await,
         StatusCode::BAD_REQUEST,
         Some(-32600),
     )
     .await;
-    assert!(!matches!(
-        body["error"]["code"].as_i64(),
-        Some(-32022..=-32020)
-    ));
+    assert!(!matches!(body["error"]["code"].as_i64(), Some(-32022..=-32020)));
     expect(c.post(&probe).await, StatusCode::BAD_REQUEST, Some(-32600)).await;
 }
 
@@ -178,34 +136,17 @@ async fn a_stateless_probe_is_refused_at_once_with_invalid_request() {
 async fn foreign_origins_and_hosts_get_403() {
     let gw = TestGateway::default().await;
     let c = Client::new(&gw.url);
-    let base = [
-        ("accept", ACCEPT_BOTH),
-        ("content-type", "application/json"),
-    ];
+    let base = [("accept", ACCEPT_BOTH), ("content-type", "application/json")];
     let with = |extra: (&'static str, &'static str)| {
         let mut h = base.to_vec();
         h.push(extra);
         h
     };
-    let evil_origin = c
-        .raw(
-            Method::POST,
-            &with(("origin", "https://evil.example")),
-            INIT,
-        )
-        .await;
+    let evil_origin = c.raw(Method::POST, &with(("origin", "https://evil.example")), INIT).await;
     expect(evil_origin, StatusCode::FORBIDDEN, Some(-32600)).await;
-    let evil_host = c
-        .raw(Method::POST, &with(("host", "evil.example.com")), INIT)
-        .await;
+    let evil_host = c.raw(Method::POST, &with(("host", "evil.example.com")), INIT).await;
     expect(evil_host, StatusCode::FORBIDDEN, Some(-32600)).await;
-    let local_origin = c
-        .raw(
-            Method::POST,
-            &with(("origin", "http://localhost:5173")),
-            INIT,
-        )
-        .await;
+    let local_origin = c.raw(Method::POST, &with(("origin", "http://localhost:5173")), INIT).await;
     assert_eq!(local_origin.status, StatusCode::OK);
     assert!(local_origin.headers.contains_key("mcp-session-id"));
 }
@@ -243,16 +184,7 @@ async fn max_sessions_gives_503_with_retry_after_and_frees_on_delete() {
     let mut b = gw.client();
     b.initialize("2025-06-18").await;
     let c = Client::new(&gw.url);
-    let refused = c
-        .raw(
-            Method::POST,
-            &[
-                ("accept", ACCEPT_BOTH),
-                ("content-type", "application/json"),
-            ],
-            INIT,
-        )
-        .await;
+    let refused = c.raw(Method::POST, &[("accept", ACCEPT_BOTH), ("content-type", "application/json")], INIT).await;
     assert_eq!(refused.headers["retry-after"], "1");
     expect(refused, StatusCode::SERVICE_UNAVAILABLE, Some(-32007)).await;
     // Existing sessions keep working.
@@ -260,16 +192,7 @@ async fn max_sessions_gives_503_with_retry_after_and_frees_on_delete() {
     a.delete().await;
     let mut freed = false;
     for _ in 0..100 {
-        let r = c
-            .raw(
-                Method::POST,
-                &[
-                    ("accept", ACCEPT_BOTH),
-                    ("content-type", "application/json"),
-                ],
-                INIT,
-            )
-            .await;
+        let r = c.raw(Method::POST, &[("accept", ACCEPT_BOTH), ("content-type", "application/json")], INIT).await;
         if r.status == StatusCode::OK {
             freed = true;
             break;

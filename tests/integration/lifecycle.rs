@@ -16,30 +16,15 @@ async fn a_session_is_born_used_and_deleted() {
     let sid = c.session.clone().unwrap();
     let (prefix, random) = sid.split_once('.').expect("<instance>.<random>");
     assert_eq!(prefix, "test");
-    assert!(
-        random.len() >= 32 && sid.bytes().all(|b| (0x21..=0x7e).contains(&b)),
-        "visible ASCII: {sid}"
-    );
+    assert!(random.len() >= 32 && sid.bytes().all(|b| (0x21..=0x7e).contains(&b)), "visible ASCII: {sid}");
 
     let tools = c.request("tools/list", json!({})).await;
-    let names: Vec<&str> = tools["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert!(
-        names.contains(&"echo") && names.contains(&"test_sampling"),
-        "{names:?}"
-    );
+    let names: Vec<&str> =
+        tools["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"echo") && names.contains(&"test_sampling"), "{names:?}");
 
-    let echoed = c
-        .call_tool("echo", json!({"message": "hello through the gateway"}))
-        .await;
-    assert_eq!(
-        echoed["result"]["content"][0]["text"],
-        "hello through the gateway"
-    );
+    let echoed = c.call_tool("echo", json!({"message": "hello through the gateway"})).await;
+    assert_eq!(echoed["result"]["content"][0]["text"], "hello through the gateway");
 
     let get = c.get_stream(&[]).await;
     assert_eq!(get.status, StatusCode::OK);
@@ -51,14 +36,9 @@ async fn a_session_is_born_used_and_deleted() {
     assert_eq!(del.status, StatusCode::OK);
     // The GET stream of a deleted session ends.
     let mut stream = get.sse();
-    assert!(stream
-        .next_within(std::time::Duration::from_secs(5))
-        .await
-        .is_none());
+    assert!(stream.next_within(std::time::Duration::from_secs(5)).await.is_none());
 
-    let after = c
-        .post(&json!({"jsonrpc": "2.0", "id": 99, "method": "tools/list"}))
-        .await;
+    let after = c.post(&json!({"jsonrpc": "2.0", "id": 99, "method": "tools/list"})).await;
     assert_eq!(after.status, StatusCode::NOT_FOUND);
     assert_eq!(after.json().await["error"]["code"], -32001);
     assert_eq!(c.get_stream(&[]).await.status, StatusCode::NOT_FOUND);
@@ -70,9 +50,7 @@ async fn session_ids_are_minted_only_for_a_successful_initialize() {
     let gw = TestGateway::default().await;
     let c = Client::new(&gw.url);
     // The example server refuses an initialize without params: no session id may be minted.
-    let resp = c
-        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize"}))
-        .await;
+    let resp = c.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize"})).await;
     assert_eq!(resp.status, StatusCode::OK);
     assert!(resp.headers.get("mcp-session-id").is_none());
     let body = resp.json().await;
@@ -96,13 +74,9 @@ async fn notifications_and_responses_get_202_with_an_empty_body() {
     let gw = TestGateway::default().await;
     let mut c = gw.client();
     c.initialize("2025-06-18").await;
-    let r = c
-        .post(&json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}))
-        .await;
+    let r = c.post(&json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert!(r.bytes().await.is_empty());
-    let r = c
-        .post(&json!({"jsonrpc": "2.0", "id": "unknown", "result": {}}))
-        .await;
+    let r = c.post(&json!({"jsonrpc": "2.0", "id": "unknown", "result": {}})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
 }

@@ -14,10 +14,7 @@ fn seq(id: &str) -> u64 {
 }
 
 /// Calls `sleep` with progress every 100 ms; reads `keep` events of the POST stream and drops it.
-async fn call_and_drop(
-    c: &crate::common::Client,
-    keep: usize,
-) -> (Vec<(String, serde_json::Value)>, String) {
+async fn call_and_drop(c: &crate::common::Client, keep: usize) -> (Vec<(String, serde_json::Value)>, String) {
     let resp = c.post(&json!({"jsonrpc": "2.0", "id": 42, "method": "tools/call",
         "params": {"name": "sleep", "arguments": {"ms": 700, "progress_every_ms": 100}, "_meta": {"progressToken": "t"}}})).await;
     let mut sse = resp.sse();
@@ -50,15 +47,8 @@ fn assert_whole(events: &[(String, serde_json::Value)]) {
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no event twice: {ids:?}");
     let seqs: Vec<u64> = ids.iter().map(|i| seq(i)).collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "no event lost: {ids:?}"
-    );
-    let progress = events
-        .iter()
-        .filter(|(_, v)| v["method"] == "notifications/progress")
-        .count();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no event lost: {ids:?}");
+    let progress = events.iter().filter(|(_, v)| v["method"] == "notifications/progress").count();
     assert_eq!(progress, 6, "ticks at 100..600 ms");
     let (_, last) = events.last().unwrap();
     assert_eq!(last["id"], 42);
@@ -98,10 +88,7 @@ async fn the_gateway_closes_long_streams_with_retry_and_the_client_resumes() {
     let mut sse = resp.sse();
     let priming = sse.next_within(T).await.unwrap();
     assert_eq!(priming.data, "");
-    let retry = sse
-        .next_within(T)
-        .await
-        .expect("a retry hint before the stream ends");
+    let retry = sse.next_within(T).await.expect("a retry hint before the stream ends");
     assert_eq!(retry.retry, Some(1000));
     assert!(sse.next_within(T).await.is_none(), "the stream ended");
     let rest = resume_all(&c, priming.id.as_deref().unwrap()).await;
@@ -114,9 +101,5 @@ async fn the_gateway_closes_long_streams_with_retry_and_the_client_resumes() {
     let r = old.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": 400}}})).await;
     let mut sse = r.sse();
     let first = sse.next_within(T).await.unwrap();
-    assert_eq!(
-        first.json()["id"],
-        1,
-        "no priming event, no retry: the response itself"
-    );
+    assert_eq!(first.json()["id"], 1, "no priming event, no retry: the response itself");
 }

@@ -16,35 +16,25 @@ async fn logs_and_progress_travel_on_the_request_stream_before_its_response() {
     let mut c = gw.client();
     c.initialize("2025-06-18").await;
     let resp = c
-        .post(
-            &json!({"jsonrpc": "2.0", "id": "log-1", "method": "tools/call",
-        "params": {"name": "test_tool_with_logging", "arguments": {}}}),
-        )
+        .post(&json!({"jsonrpc": "2.0", "id": "log-1", "method": "tools/call",
+        "params": {"name": "test_tool_with_logging", "arguments": {}}}))
         .await;
     let mut sse = resp.sse();
     let mut methods = Vec::new();
     while let Some(ev) = sse.next_within(T).await {
         assert_eq!(ev.event.as_deref(), Some("message"));
         let v = ev.json();
-        methods.push(
-            v["method"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("response {}", v["id"])),
-        );
+        methods.push(v["method"].as_str().map(str::to_owned).unwrap_or_else(|| format!("response {}", v["id"])));
     }
     assert_eq!(
         methods,
-        [
-            "notifications/message",
-            "notifications/message",
-            "notifications/message",
-            "response \"log-1\""
-        ]
+        ["notifications/message", "notifications/message", "notifications/message", "response \"log-1\""]
     );
 
-    let resp = c.post(&json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
-        "params": {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p-8"}}})).await;
+    let resp = c
+        .post(&json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+        "params": {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p-8"}}}))
+        .await;
     let mut sse = resp.sse();
     let mut progress = Vec::new();
     let mut result = None;
@@ -79,29 +69,19 @@ async fn sampling_and_elicitation_round_trip_through_the_gateway() {
     assert_eq!(c.post(&answer).await.status, StatusCode::ACCEPTED);
     let done = sse.next_within(T).await.expect("the tool result").json();
     assert_eq!(done["id"], 3);
-    assert_eq!(
-        done["result"]["content"][0]["text"],
-        "LLM response: hi from the client"
-    );
+    assert_eq!(done["result"]["content"][0]["text"], "LLM response: hi from the client");
 
     let resp = c
         .post(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
         "params": {"name": "test_elicitation", "arguments": {"message": "Who are you?"}}}))
         .await;
     let mut sse = resp.sse();
-    let ask = sse
-        .next_within(T)
-        .await
-        .expect("an elicitation request")
-        .json();
+    let ask = sse.next_within(T).await.expect("an elicitation request").json();
     assert_eq!(ask["method"], "elicitation/create");
     let answer = json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept", "content": {"username": "u", "email": "e@x"}}});
     assert_eq!(c.post(&answer).await.status, StatusCode::ACCEPTED);
     let done = sse.next_within(T).await.expect("the tool result").json();
-    assert!(done["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap()
-        .contains("action=accept"));
+    assert!(done["result"]["content"][0]["text"].as_str().unwrap().contains("action=accept"));
 }
 
 #[tokio::test]
@@ -114,21 +94,13 @@ async fn unrelated_messages_go_to_the_get_stream_of_their_own_session_only() {
     let mut a_stream = a.get_stream(&[]).await.sse();
     let mut b_stream = b.get_stream(&[]).await.sse();
 
-    let sub = a
-        .request(
-            "resources/subscribe",
-            json!({"uri": "test://watched-resource"}),
-        )
-        .await;
+    let sub = a.request("resources/subscribe", json!({"uri": "test://watched-resource"})).await;
     assert_eq!(sub["result"], json!({}));
     let update = a_stream.next_within(T).await.expect("an update").json();
     assert_eq!(update["method"], "notifications/resources/updated");
     assert_eq!(update["params"]["uri"], "test://watched-resource");
     let leaked = tokio::time::timeout(Duration::from_millis(500), b_stream.next()).await;
-    assert!(
-        leaked.is_err(),
-        "session B saw A's notification: {leaked:?}"
-    );
+    assert!(leaked.is_err(), "session B saw A's notification: {leaked:?}");
 }
 
 #[tokio::test]
@@ -136,17 +108,9 @@ async fn messages_sent_while_no_stream_is_open_wait_for_the_next_get() {
     let gw = TestGateway::default().await;
     let mut c = gw.client();
     c.initialize("2025-06-18").await;
-    c.request(
-        "resources/subscribe",
-        json!({"uri": "test://watched-resource"}),
-    )
-    .await;
+    c.request("resources/subscribe", json!({"uri": "test://watched-resource"})).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut stream = c.get_stream(&[]).await.sse();
-    let update = stream
-        .next_within(T)
-        .await
-        .expect("the buffered update")
-        .json();
+    let update = stream.next_within(T).await.expect("the buffered update").json();
     assert_eq!(update["method"], "notifications/resources/updated");
 }

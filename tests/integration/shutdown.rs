@@ -15,10 +15,7 @@ async fn sigterm_during_a_long_call_lets_it_finish_then_exits_cleanly() {
     let mut c = Client::new(&gw.url);
     c.initialize("2025-06-18").await;
     let mut get = c.get_stream(&[]).await.sse();
-    let family: Vec<i32> = procs::descendants(gw.pid())
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
+    let family: Vec<i32> = procs::descendants(gw.pid()).into_iter().map(|(p, _)| p).collect();
     assert_eq!(family.len(), 2);
 
     let call = c.call_tool("sleep", json!({"ms": 1500}));
@@ -27,23 +24,11 @@ async fn sigterm_during_a_long_call_lets_it_finish_then_exits_cleanly() {
         gw.signal(Signal::SIGTERM);
     };
     let (answer, ()) = tokio::join!(call, term);
-    assert_eq!(
-        answer["result"]["content"][0]["text"], "slept 1500 ms",
-        "the in-flight call finished: {answer}"
-    );
-    assert!(
-        get.next_within(Duration::from_secs(10)).await.is_none(),
-        "the GET stream ended"
-    );
+    assert_eq!(answer["result"]["content"][0]["text"], "slept 1500 ms", "the in-flight call finished: {answer}");
+    assert!(get.next_within(Duration::from_secs(10)).await.is_none(), "the GET stream ended");
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(family.iter().all(|p| !procs::alive(*p)), "children stopped");
-    for phase in [
-        "Shutdown 1/4",
-        "Shutdown 2/4",
-        "Shutdown 3/4",
-        "Shutdown 4/4",
-        "Shutdown complete",
-    ] {
+    for phase in ["Shutdown 1/4", "Shutdown 2/4", "Shutdown 3/4", "Shutdown 4/4", "Shutdown complete"] {
         assert!(gw.logged(phase), "logged {phase}");
     }
 }

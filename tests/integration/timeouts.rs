@@ -18,10 +18,7 @@ async fn a_silent_request_times_out_and_progress_keeps_it_alive() {
     let start = Instant::now();
     let timed_out = c.call_tool("sleep", json!({"ms": 3000})).await;
     assert_eq!(timed_out["error"]["code"], -32004, "{timed_out}");
-    assert!(
-        start.elapsed() < Duration::from_millis(2500),
-        "answered at the timeout, not at the end"
-    );
+    assert!(start.elapsed() < Duration::from_millis(2500), "answered at the timeout, not at the end");
 
     let kept = c
         .request(
@@ -30,10 +27,7 @@ async fn a_silent_request_times_out_and_progress_keeps_it_alive() {
             "_meta": {"progressToken": 1}}),
         )
         .await;
-    assert_eq!(
-        kept["result"]["content"][0]["text"], "slept 1200 ms",
-        "{kept}"
-    );
+    assert_eq!(kept["result"]["content"][0]["text"], "slept 1200 ms", "{kept}");
 }
 
 #[tokio::test]
@@ -45,12 +39,10 @@ async fn a_cancelled_request_ends_its_stream_and_the_session_goes_on() {
     c.initialize("2025-06-18").await;
     let resp = c.post(&json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": 30000}}})).await;
     let mut sse = resp.sse();
-    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 77, "reason": "user"}});
+    let cancel =
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 77, "reason": "user"}});
     assert_eq!(c.post(&cancel).await.status, StatusCode::ACCEPTED);
-    assert!(
-        sse.next_within(Duration::from_secs(5)).await.is_none(),
-        "the stream ends without a response"
-    );
+    assert!(sse.next_within(Duration::from_secs(5)).await.is_none(), "the stream ends without a response");
     let pong = c.request("ping", json!({})).await;
     assert_eq!(pong["result"], json!({}));
 }

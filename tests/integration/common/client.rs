@@ -65,12 +65,7 @@ impl Client {
     }
 
     /// Sends a request with exactly these headers (plus Host) and body.
-    pub async fn raw(
-        &self,
-        method: Method,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Response {
+    pub async fn raw(&self, method: Method, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response {
         let mut req = Request::builder().method(method).uri(&self.url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -78,19 +73,12 @@ impl Client {
         let req = req.body(Full::new(body.into())).unwrap();
         let resp = self.http.request(req).await.expect("the gateway answers");
         let (parts, body) = resp.into_parts();
-        Response {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        Response { status: parts.status, headers: parts.headers, body }
     }
 
     /// The headers a well-behaved client sends, plus `extra`.
     fn headers<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-        let mut h = vec![
-            ("accept", ACCEPT_BOTH),
-            ("content-type", "application/json"),
-        ];
+        let mut h = vec![("accept", ACCEPT_BOTH), ("content-type", "application/json")];
         if let Some(s) = &self.session {
             h.push(("mcp-session-id", s.as_str()));
             h.push(("mcp-protocol-version", self.version.as_str()));
@@ -104,8 +92,7 @@ impl Client {
     }
 
     pub async fn post_with(&self, body: &Value, extra: &[(&str, &str)]) -> Response {
-        self.raw(Method::POST, &self.headers(extra), body.to_string())
-            .await
+        self.raw(Method::POST, &self.headers(extra), body.to_string()).await
     }
 
     pub async fn get_stream(&self, extra: &[(&str, &str)]) -> Response {
@@ -127,30 +114,17 @@ impl Client {
     pub async fn initialize(&mut self, version: &str) -> Value {
         let id = self.next_id();
         let resp = self
-            .post(
-                &json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+            .post(&json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
                 "protocolVersion": version,
                 "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": true}},
-                "clientInfo": {"name": "mcp-edge-tests", "version": "0"}}}),
-            )
+                "clientInfo": {"name": "mcp-edge-tests", "version": "0"}}}))
             .await;
         assert_eq!(resp.status, StatusCode::OK, "initialize succeeds");
-        let session = resp
-            .headers
-            .get("mcp-session-id")
-            .expect("a session id")
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let session = resp.headers.get("mcp-session-id").expect("a session id").to_str().unwrap().to_owned();
         let result = resp.message().await;
-        self.version = result["result"]["protocolVersion"]
-            .as_str()
-            .unwrap_or(version)
-            .to_owned();
+        self.version = result["result"]["protocolVersion"].as_str().unwrap_or(version).to_owned();
         self.session = Some(session);
-        let ack = self
-            .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await;
+        let ack = self.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
         assert_eq!(ack.status, StatusCode::ACCEPTED);
         result
     }
@@ -158,16 +132,13 @@ impl Client {
     /// Sends a request and returns its JSON-RPC response, from JSON or SSE.
     pub async fn request(&self, method: &str, params: Value) -> Value {
         let id = self.next_id();
-        let resp = self
-            .post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-            .await;
+        let resp = self.post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
         assert_eq!(resp.status, StatusCode::OK, "{method} is answered");
         resp.message().await
     }
 
     pub async fn call_tool(&self, name: &str, args: Value) -> Value {
-        self.request("tools/call", json!({"name": name, "arguments": args}))
-            .await
+        self.request("tools/call", json!({"name": name, "arguments": args})).await
     }
 }
 
@@ -178,15 +149,11 @@ impl Response {
 
     pub async fn json(self) -> Value {
         let b = self.bytes().await;
-        serde_json::from_slice(&b)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&b)))
+        serde_json::from_slice(&b).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&b)))
     }
 
     pub fn content_type(&self) -> &str {
-        self.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
     pub fn is_sse(&self) -> bool {
@@ -194,16 +161,8 @@ impl Response {
     }
 
     pub fn sse(self) -> SseReader {
-        assert!(
-            self.is_sse(),
-            "expected an SSE stream, got {}",
-            self.content_type()
-        );
-        SseReader {
-            body: self.body,
-            buf: Vec::new(),
-            comments: 0,
-        }
+        assert!(self.is_sse(), "expected an SSE stream, got {}", self.content_type());
+        SseReader { body: self.body, buf: Vec::new(), comments: 0 }
     }
 
     /// The JSON-RPC response in this answer: the body, or the first response event.
@@ -242,9 +201,7 @@ impl SseReader {
 
     /// [`SseReader::next`] with a deadline; panics if it passes.
     pub async fn next_within(&mut self, d: Duration) -> Option<SseEvent> {
-        tokio::time::timeout(d, self.next())
-            .await
-            .expect("an SSE event or the end in time")
+        tokio::time::timeout(d, self.next()).await.expect("an SSE event or the end in time")
     }
 
     fn parse_one(&mut self) -> Option<SseEvent> {
@@ -259,10 +216,8 @@ impl SseReader {
                     self.comments += 1;
                     continue;
                 }
-                let (field, value) = line
-                    .split_once(':')
-                    .map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)))
-                    .unwrap_or((line, ""));
+                let (field, value) =
+                    line.split_once(':').map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v))).unwrap_or((line, ""));
                 any = true;
                 match field {
                     "id" => ev.id = Some(value.to_owned()),

@@ -21,9 +21,7 @@ pub const EXE: &str = env!("CARGO_BIN_EXE_mcp-edge");
 /// The shipped configuration (the example server over stdio), listening on a free port.
 pub fn default_config() -> Config {
     let overrides = Overrides {
-        server: Some(ServerOverrides {
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-        }),
+        server: Some(ServerOverrides { listen: Some("127.0.0.1:0".parse().unwrap()) }),
         ..Default::default()
     };
     let mut c = config::load(&Source::BuiltIn, &overrides).expect("the built-in config loads");
@@ -48,20 +46,13 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(config: Config) -> TestGateway {
-        let gw = mcp_edge::Gateway::bind(config, EXE.into())
-            .await
-            .expect("binds");
+        let gw = mcp_edge::Gateway::bind(config, EXE.into()).await.expect("binds");
         let addr = gw.local_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        TestGateway {
-            url: format!("http://{addr}/mcp"),
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        TestGateway { url: format!("http://{addr}/mcp"), addr, stop: Some(tx), task: Some(task) }
     }
 
     pub async fn default() -> TestGateway {
@@ -76,10 +67,7 @@ impl TestGateway {
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("shutdown finishes")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("shutdown finishes").unwrap();
     }
 }
 

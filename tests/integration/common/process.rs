@@ -44,17 +44,9 @@ impl GatewayProcess {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr: SocketAddr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the gateway reports its address")
-            .parse()
-            .unwrap();
-        GatewayProcess {
-            child,
-            addr,
-            url: format!("http://{addr}/mcp"),
-            logs,
-        }
+        let addr: SocketAddr =
+            rx.recv_timeout(Duration::from_secs(20)).expect("the gateway reports its address").parse().unwrap();
+        GatewayProcess { child, addr, url: format!("http://{addr}/mcp"), logs }
     }
 
     pub fn pid(&self) -> i32 {
