@@ -168,7 +168,7 @@ impl GatewayError {
             StreamConflict,
             UnknownEventId("9-1".into()),
             ShuttingDown,
-            BackendUnavailable("backend exited (exit status: 1)".into()),
+            BackendUnavailable("backend exited (exit status 1)".into()),
             RequestTimeout(Duration::from_secs(600)),
             SessionEnded("deleted".into()),
             DuplicateId("7".into()),

@@ -308,3 +308,69 @@ impl Config {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Config {
+        toml::from_str(DEFAULT_TOML).expect("the shipped gateway.toml parses")
+    }
+
+    #[test]
+    fn the_shipped_file_states_the_built_in_defaults() {
+        let c = shipped();
+        c.validate().unwrap();
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.sessions, SessionConfig::default());
+        assert_eq!(c.log, LogConfig::default());
+        let BackendConfig::Stdio(s) = &c.backends["example"];
+        assert_eq!(s.command, SELF_EXE);
+        assert_eq!(s.env_allow, default_env_allow());
+        assert_eq!(s.max_line_bytes, default_max_line_bytes());
+        assert_eq!(s.stop_wait, default_stop_wait());
+        assert_eq!(s.stdin_queue, default_stdin_queue());
+    }
+
+    /// Every key path of a value, with array items and map entries generalised.
+    fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                out.push(k.clone());
+                keys(&format!("{prefix}{k}."), v, out);
+            }
+        }
+        if let toml::Value::Array(a) = v {
+            a.iter().for_each(|v| keys(prefix, v, out));
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let mut c = shipped();
+        let BackendConfig::Stdio(s) = c.backends.get_mut("example").unwrap();
+        s.cwd = Some("/".into());
+        s.env.insert("K".into(), Secret("v".into()));
+        let value = toml::Value::try_from(&c).unwrap();
+        let mut all = Vec::new();
+        keys("", &value, &mut all);
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+        for key in all.iter().filter(|k| !["example", "K"].contains(&k.as_str())) {
+            let documented = doc.contains(&format!("`{key}`"))
+                || doc.contains(&format!("[{key}"))
+                || doc.contains(&format!("[[{key}"));
+            assert!(documented, "docs/configuration.md does not describe `{key}`");
+            assert!(DEFAULT_TOML.contains(key.as_str()), "gateway.toml does not mention `{key}`");
+        }
+        assert!(all.len() > 25, "walked the whole configuration");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut c = shipped();
+        let BackendConfig::Stdio(s) = c.backends.get_mut("example").unwrap();
+        s.env.insert("TOKEN".into(), Secret("hunter2".into()));
+        assert!(!c.to_toml().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

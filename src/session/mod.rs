@@ -55,7 +55,7 @@ impl EndReason {
             EndReason::Deleted => GatewayError::SessionEnded("deleted by the client".into()),
             EndReason::Idle => GatewayError::SessionEnded("idle timeout".into()),
             EndReason::InitializeFailed => GatewayError::SessionEnded("initialize failed".into()),
-            EndReason::Shutdown => GatewayError::ShuttingDown,
+            EndReason::Shutdown => GatewayError::SessionEnded("the gateway is shutting down".into()),
         }
     }
 }
