@@ -28,16 +28,17 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 
 /// Serves one HTTP request on a route path.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let Some(backend) = app.routes.get(req.uri().path()) else {
+    let route = req.uri().path().to_owned();
+    let Some(backend) = app.routes.get(&route) else {
         return error_reply(&GatewayError::NoRoute, None);
     };
     if let Err(e) = app.guard.check(req.headers(), req.uri().host()) {
         return error_reply(&e, None);
     }
     let result = match *req.method() {
-        Method::POST => post(&app, backend, req).await,
-        Method::GET => get(&app, req).await,
-        Method::DELETE => delete(&app, req.headers()),
+        Method::POST => post(&app, &route, backend, req).await,
+        Method::GET => get(&app, &route, req).await,
+        Method::DELETE => delete(&app, &route, req.headers()),
         _ => Err(GatewayError::MethodNotAllowed),
     };
     result.unwrap_or_else(|e| error_reply(&e, None))
@@ -58,9 +59,9 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The live session a request names, or the error that says why there is none.
-fn session(app: &App, headers: &HeaderMap) -> Result<SessionHandle, GatewayError> {
+fn session(app: &App, route: &str, headers: &HeaderMap) -> Result<SessionHandle, GatewayError> {
     let id = header(headers, SESSION_HEADER).ok_or(GatewayError::MissingSession)?;
-    let session = app.registry.get(id).ok_or(GatewayError::UnknownSession)?;
+    let session = app.registry.get(id).filter(|s| s.route() == route).ok_or(GatewayError::UnknownSession)?;
     if let Some(v) = header(headers, VERSION_HEADER) {
         if !protocol::is_supported(v) {
             return Err(GatewayError::UnsupportedVersion(v.into()));
@@ -83,7 +84,12 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, GatewayEr
     }
 }
 
-async fn post(app: &Arc<App>, backend: &Backend, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+async fn post(
+    app: &Arc<App>,
+    route: &str,
+    backend: &Backend,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers().clone();
     if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
         return Err(GatewayError::NotAcceptable("Accept must list application/json and text/event-stream"));
@@ -113,9 +119,9 @@ async fn post(app: &Arc<App>, backend: &Backend, req: Request<Incoming>) -> Resu
         if msg.kind != Kind::Request {
             return Err(GatewayError::InvalidMessage("initialize must be a request".into()));
         }
-        return initialize(app, backend, msg).await;
+        return initialize(app, route, backend, msg).await;
     }
-    let session = session(app, &headers)?;
+    let session = session(app, route, &headers)?;
     let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
     if batch && !protocol::allows_batch(&version) {
         return Err(GatewayError::BatchNotAllowed);
@@ -216,9 +222,14 @@ impl Drop for Unpublished {
 
 /// Starts a session, relays `initialize`, and publishes the session only when the backend
 /// answered with an `InitializeResult`: that response alone carries `Mcp-Session-Id`.
-async fn initialize(app: &Arc<App>, backend: &Backend, msg: Message) -> Result<Response<Body>, GatewayError> {
+async fn initialize(
+    app: &Arc<App>,
+    route: &str,
+    backend: &Backend,
+    msg: Message,
+) -> Result<Response<Body>, GatewayError> {
     let id = msg.id.clone().expect("requests have ids");
-    let handle = match app.registry.start(backend).await {
+    let handle = match app.registry.start(route, backend).await {
         Ok(h) => h,
         Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &id)),
         Err(e) => return Err(e),
@@ -259,12 +270,12 @@ async fn initialize(app: &Arc<App>, backend: &Backend, msg: Message) -> Result<R
     Ok(response)
 }
 
-async fn get(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+async fn get(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers();
     if !accepts(headers, "text/event-stream") {
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
-    let session = session(app, headers)?;
+    let session = session(app, route, headers)?;
     let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
     let last_event_id = header(headers, "last-event-id").map(str::to_owned);
     let resumed = last_event_id.is_some();
@@ -281,11 +292,11 @@ async fn get(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, G
     Ok(sse_response(sse::body(prefix, rx, opts)))
 }
 
-fn delete(app: &App, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
-    let id = header(headers, SESSION_HEADER).ok_or(GatewayError::MissingSession)?;
-    let session = app.registry.remove(id).ok_or(GatewayError::UnknownSession)?;
+fn delete(app: &App, route: &str, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
+    let id = session(app, route, headers)?.id().to_owned();
+    let session = app.registry.remove(&id).ok_or(GatewayError::UnknownSession)?;
     session.end(EndReason::Deleted);
-    tracing::info!(session.id = id, "The client deleted its session.");
+    tracing::info!(session.id = %id, "The client deleted its session.");
     Ok(status_only(StatusCode::OK))
 }
 

@@ -91,6 +91,8 @@ enum Command {
 
 struct Inner {
     id: Arc<str>,
+    /// The route path the session was created on; the id means nothing on another route.
+    route: Arc<str>,
     commands: mpsc::Sender<Command>,
     backend: mpsc::Sender<Bytes>,
     /// The protocol version the backend answered `initialize` with.
@@ -104,6 +106,10 @@ pub struct SessionHandle(Arc<Inner>);
 impl SessionHandle {
     pub fn id(&self) -> &str {
         &self.0.id
+    }
+
+    pub fn route(&self) -> &str {
+        &self.0.route
     }
 
     /// The negotiated protocol version (set once `initialize` succeeded).
@@ -258,7 +264,7 @@ impl Registry {
 
     /// Starts a session that is not yet visible to clients: connects the backend and runs the
     /// session task. [`Registry::publish`] makes it visible once `initialize` succeeded.
-    pub async fn start(self: &Arc<Self>, backend: &Backend) -> Result<SessionHandle, GatewayError> {
+    pub async fn start(self: &Arc<Self>, route: &str, backend: &Backend) -> Result<SessionHandle, GatewayError> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(GatewayError::ShuttingDown);
         }
@@ -273,6 +279,7 @@ impl Registry {
         let (commands, rx) = mpsc::channel(64);
         let handle = SessionHandle(Arc::new(Inner {
             id: id.clone(),
+            route: Arc::from(route),
             commands,
             backend: conn.tx.clone(),
             version: OnceLock::new(),

@@ -75,3 +75,26 @@ async fn quick_mode_serves_one_stdio_command_at_mcp() {
     let r = c.call_tool("echo", serde_json::json!({"message": "quick"})).await;
     assert_eq!(r["result"]["content"][0]["text"], "quick");
 }
+
+#[tokio::test]
+async fn the_example_server_serves_streamable_http_in_process() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(EXE)
+        .args(["example-server", "--http", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.split("Streamable HTTP at ").nth(1).map(str::to_owned))
+        .expect("the example server prints its URL");
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut c = Client::new(&url);
+    c.initialize("2025-11-25").await;
+    let r = c.call_tool("echo", serde_json::json!({"message": "no gateway, no child"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "no gateway, no child");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -80,3 +80,23 @@ async fn notifications_and_responses_get_202_with_an_empty_body() {
     let r = c.post(&json!({"jsonrpc": "2.0", "id": "unknown", "result": {}})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
 }
+
+#[tokio::test]
+async fn each_route_has_its_own_sessions() {
+    let mut config = crate::common::default_config();
+    let backend = config.backends["example"].clone();
+    config.backends.insert("other".into(), backend);
+    config.routes.push(mcp_edge::config::RouteConfig { path: "/other".into(), backend: "other".into() });
+    let gw = TestGateway::start(config).await;
+    let mut a = gw.client();
+    a.initialize("2025-06-18").await;
+    let mut b = Client::new(&gw.url.replace("/mcp", "/other"));
+    b.initialize("2025-06-18").await;
+    assert_eq!(b.call_tool("echo", json!({"message": "on /other"})).await["result"]["content"][0]["text"], "on /other");
+    // A session id means nothing on another route.
+    b.session = a.session.clone();
+    let crossed = b.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).await;
+    assert_eq!(crossed.status, StatusCode::NOT_FOUND);
+    assert_eq!(b.delete().await.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.request("ping", json!({})).await["result"], json!({}), "the session lives on at its own route");
+}

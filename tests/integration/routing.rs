@@ -114,3 +114,21 @@ async fn messages_sent_while_no_stream_is_open_wait_for_the_next_get() {
     let update = stream.next_within(T).await.expect("the buffered update").json();
     assert_eq!(update["method"], "notifications/resources/updated");
 }
+
+#[tokio::test]
+async fn long_calls_get_sse_with_keep_alive_comments() {
+    let mut config = crate::common::default_config();
+    config.sessions.sse_keepalive = Duration::from_millis(100);
+    config.sessions.json_wait = Duration::from_millis(20);
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    let quick = c.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": 0}}})).await;
+    assert_eq!(quick.content_type(), "application/json", "a quick answer is plain JSON");
+    let slow = c.post(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": 650}}})).await;
+    assert_eq!(slow.headers["x-accel-buffering"], "no");
+    let mut sse = slow.sse();
+    let done = sse.next_within(T).await.expect("the response").json();
+    assert_eq!(done["id"], 2);
+    assert!(sse.comments >= 3, "keep-alive comments while waiting: {}", sse.comments);
+}
