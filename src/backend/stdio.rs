@@ -195,6 +195,10 @@ async fn read_stdout(stdout: impl AsyncRead + Unpin, max: usize, events: mpsc::S
             Ok(line) if line.iter().all(u8::is_ascii_whitespace) => {}
             Ok(line) => {
                 if events.send(Event::Message(line)).await.is_err() {
+                    // The session is gone and the child is being stopped: keep reading (and
+                    // dropping) until it closes stdout, so a late write does not kill it with
+                    // EPIPE before it can exit on its own.
+                    while let Some(Ok(_)) = lines.next().await {}
                     return;
                 }
             }

@@ -1,0 +1,168 @@
+// Starts and stops a real mcp-edge gateway for end-to-end tests.
+//
+//   const gw = await startGateway();            // fronts server-everything over stdio
+//   const gw = await startGateway({ stdio });   // or any other stdio command line
+//   ... gw.url (http://127.0.0.1:PORT/mcp), gw.logs (stderr lines), gw.dumpLogs()
+//   await gw.stop();                            // SIGTERM, then await the exit
+//
+// The binary is $EDGE_TEST_BIN, else <repo>/target/debug/mcp-edge. Nothing is built here.
+
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+/** tests/e2e */
+export const E2E_DIR = resolve(here, '..');
+/** The repository root. */
+export const REPO_ROOT = resolve(E2E_DIR, '..', '..');
+/** The entry point of @modelcontextprotocol/server-everything. */
+export const EVERYTHING_ENTRY = resolve(
+  E2E_DIR,
+  'node_modules/@modelcontextprotocol/server-everything/dist/index.js',
+);
+
+/** The gateway binary to test. */
+export function gatewayBin() {
+  return process.env.EDGE_TEST_BIN || resolve(REPO_ROOT, 'target/debug/mcp-edge');
+}
+
+/** Quotes one word for the gateway's shell-like (POSIX) word splitting. */
+export function shellQuote(word) {
+  return `'${String(word).replaceAll("'", `'\\''`)}'`;
+}
+
+/** The --stdio command line that runs server-everything with this Node. */
+export function everythingStdioCommand() {
+  return [process.execPath, EVERYTHING_ENTRY, 'stdio'].map(shellQuote).join(' ');
+}
+
+/**
+ * Starts `mcp-edge run --listen 127.0.0.1:0 --log-format json --stdio <stdio>` and waits for
+ * its "Listening." log line.
+ *
+ * @param {object} [opts]
+ * @param {string} [opts.stdio] the backend command line (default: server-everything)
+ * @param {string[]} [opts.extraArgs] more arguments for `mcp-edge run`
+ * @param {object} [opts.env] environment of the gateway (default: process.env; MCP_EDGE_*
+ *   variables in it are gateway configuration)
+ * @param {number} [opts.startTimeoutMs] how long to wait for "Listening." (default 15 s)
+ * @param {boolean} [opts.echo] copy the gateway's stderr to ours as it arrives (default: when
+ *   E2E_ECHO_GATEWAY_LOGS is set)
+ */
+export async function startGateway(opts = {}) {
+  const {
+    stdio = everythingStdioCommand(),
+    extraArgs = [],
+    env = process.env,
+    startTimeoutMs = 15_000,
+    echo = !!process.env.E2E_ECHO_GATEWAY_LOGS,
+  } = opts;
+  const childEnv = { ...env };
+  const bin = gatewayBin();
+  if (!existsSync(bin)) {
+    throw new Error(`mcp-edge binary not found at ${bin} (set EDGE_TEST_BIN or build it first)`);
+  }
+  const args = ['run', '--listen', '127.0.0.1:0', '--log-format', 'json', '--stdio', stdio, ...extraArgs];
+  const child = spawn(bin, args, { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+
+  /** Every stderr line, as text, in order. */
+  const logs = [];
+  let exitInfo = null;
+  const exited = new Promise((resolveExit) => {
+    child.once('exit', (code, signal) => {
+      exitInfo = { code, signal };
+      resolveExit(exitInfo);
+    });
+  });
+  // Keep draining both pipes for the whole life of the process so it never blocks on a write.
+  child.stdout.resume();
+  const lines = createInterface({ input: child.stderr, crlfDelay: Infinity });
+
+  let onListen;
+  const listening = new Promise((res) => (onListen = res));
+  lines.on('line', (line) => {
+    logs.push(line);
+    if (echo) process.stderr.write(`[mcp-edge] ${line}\n`);
+    let rec;
+    try {
+      rec = JSON.parse(line);
+    } catch {
+      return;
+    }
+    if (rec.message === 'Listening.' && typeof rec.listen === 'string') onListen(rec.listen);
+  });
+
+  let timer;
+  const failure = new Promise((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`mcp-edge did not log "Listening." within ${startTimeoutMs} ms`)),
+      startTimeoutMs,
+    );
+    child.once('error', reject);
+    exited.then((e) =>
+      reject(new Error(`mcp-edge exited before listening (code ${e.code}, signal ${e.signal})`)),
+    );
+  });
+  let listen;
+  try {
+    listen = await Promise.race([listening, failure]);
+  } catch (err) {
+    if (exitInfo === null && child.pid) child.kill('SIGKILL');
+    err.message += `\n--- mcp-edge stderr ---\n${logs.join('\n')}`;
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  failure.catch(() => {}); // later rejections (the exit at stop) are expected
+
+  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
+  return {
+    process: child,
+    pid: child.pid,
+    listen,
+    port,
+    origin: `http://${listen}`,
+    url: new URL(`http://${listen}/mcp`),
+    logs,
+    /** Parsed JSON log records (lines that are not JSON are skipped). */
+    records() {
+      return logs.flatMap((l) => {
+        try {
+          return [JSON.parse(l)];
+        } catch {
+          return [];
+        }
+      });
+    },
+    /** The collected stderr, for a failure message. */
+    dumpLogs() {
+      return `--- mcp-edge stderr (${logs.length} lines) ---\n${logs.join('\n')}\n--- end ---`;
+    },
+    /** Whether the process is still running. */
+    get running() {
+      return exitInfo === null;
+    },
+    /**
+     * Sends SIGTERM to this process and waits for it to exit; SIGKILL after `timeoutMs`.
+     * Resolves to { code, signal }.
+     */
+    async stop({ timeoutMs = 40_000 } = {}) {
+      if (exitInfo !== null) return exitInfo;
+      child.kill('SIGTERM');
+      let killTimer;
+      const killed = new Promise((res) => {
+        killTimer = setTimeout(() => {
+          if (exitInfo === null) child.kill('SIGKILL');
+          res();
+        }, timeoutMs);
+      });
+      await Promise.race([exited, killed]);
+      clearTimeout(killTimer);
+      return exited;
+    },
+  };
+}
