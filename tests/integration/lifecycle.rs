@@ -100,3 +100,25 @@ async fn each_route_has_its_own_sessions() {
     assert_eq!(b.delete().await.status, StatusCode::NOT_FOUND);
     assert_eq!(a.request("ping", json!({})).await["result"], json!({}), "the session lives on at its own route");
 }
+
+#[tokio::test]
+async fn an_idle_session_ends_and_its_child_goes() {
+    let mut config = crate::common::default_config();
+    config.sessions.idle_timeout = std::time::Duration::from_millis(300);
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    // A GET stream keeps the session alive past its idle timeout.
+    let get = c.get_stream(&[]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(c.request("ping", json!({})).await["result"], json!({}));
+    drop(get);
+    // Watch the child, not the session: a request would count as activity.
+    let gone = crate::common::eventually(std::time::Duration::from_secs(10), || {
+        crate::common::procs::my_descendants().is_empty()
+    })
+    .await;
+    assert!(gone, "the idle session ended and its child was stopped");
+    let r = c.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
