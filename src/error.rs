@@ -33,6 +33,8 @@ pub enum GatewayError {
     MissingSession,
     #[error("Session not found")]
     UnknownSession,
+    #[error("Session not found: it ended ({0})")]
+    SessionGone(String),
     #[error("Bad Request: unsupported MCP-Protocol-Version `{0}` (supported: {supported})", supported = crate::protocol::SUPPORTED.join(", "))]
     UnsupportedVersion(String),
     #[error("Bad Request: batches are allowed only for sessions at protocol 2025-03-26, and never with initialize")]
@@ -53,6 +55,8 @@ pub enum GatewayError {
     StreamConflict,
     #[error("Bad Request: Last-Event-ID `{0}` names no stream of this session")]
     UnknownEventId(String),
+    #[error("Gone: events after `{0}` are no longer buffered (sessions.replay_buffer_*); initialize a new session")]
+    ReplayGap(String),
     #[error("Service Unavailable: the gateway is shutting down")]
     ShuttingDown,
     #[error("Backend unavailable: {0}")]
@@ -81,11 +85,12 @@ impl GatewayError {
             NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            UnknownSession | NoRoute => StatusCode::NOT_FOUND,
+            UnknownSession | SessionGone(_) | NoRoute => StatusCode::NOT_FOUND,
             TooManySessions(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             OriginForbidden(_) | HostForbidden(_) => StatusCode::FORBIDDEN,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             StreamConflict => StatusCode::CONFLICT,
+            ReplayGap(_) => StatusCode::GONE,
             BackendUnavailable(_) | RequestTimeout(_) | SessionEnded(_) | DuplicateId(_) => StatusCode::OK,
         }
     }
@@ -95,26 +100,14 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BadJson(_) => code::PARSE_ERROR,
-            UnknownSession => code::SESSION_NOT_FOUND,
+            UnknownSession | SessionGone(_) => code::SESSION_NOT_FOUND,
             BackendUnavailable(_) => code::BACKEND_UNAVAILABLE,
             RequestTimeout(_) => code::REQUEST_TIMEOUT,
             SessionEnded(_) | ShuttingDown => code::SESSION_ENDED,
             TooManySessions(_) => code::OVERLOADED,
             DuplicateId(_) => code::DUPLICATE_ID,
-            InvalidMessage(_)
-            | NotAcceptable(_)
-            | UnsupportedMediaType
-            | BodyTooLarge(_)
-            | MissingSession
-            | UnsupportedVersion(_)
-            | BatchNotAllowed
-            | StatelessRequest
-            | OriginForbidden(_)
-            | HostForbidden(_)
-            | MethodNotAllowed
-            | NoRoute
-            | StreamConflict
-            | UnknownEventId(_) => code::INVALID_REQUEST,
+            // Requests the gateway refuses as malformed or not allowed.
+            _ => code::INVALID_REQUEST,
         }
     }
 
@@ -157,6 +150,7 @@ impl GatewayError {
             BodyTooLarge(4 * 1024 * 1024),
             MissingSession,
             UnknownSession,
+            SessionGone("idle timeout".into()),
             UnsupportedVersion("1999-01-01".into()),
             BatchNotAllowed,
             StatelessRequest,
@@ -167,6 +161,7 @@ impl GatewayError {
             NoRoute,
             StreamConflict,
             UnknownEventId("9-1".into()),
+            ReplayGap("1-7".into()),
             ShuttingDown,
             BackendUnavailable("backend exited (exit status 1)".into()),
             RequestTimeout(Duration::from_secs(600)),
@@ -186,6 +181,7 @@ impl GatewayError {
             BodyTooLarge(_) => "body_too_large",
             MissingSession => "missing_session",
             UnknownSession => "unknown_session",
+            SessionGone(_) => "session_gone",
             UnsupportedVersion(_) => "unsupported_version",
             BatchNotAllowed => "batch_not_allowed",
             StatelessRequest => "stateless_request",
@@ -196,6 +192,7 @@ impl GatewayError {
             NoRoute => "no_route",
             StreamConflict => "stream_conflict",
             UnknownEventId(_) => "unknown_event_id",
+            ReplayGap(_) => "replay_gap",
             ShuttingDown => "shutting_down",
             BackendUnavailable(_) => "backend_unavailable",
             RequestTimeout(_) => "request_timeout",
@@ -240,7 +237,7 @@ mod tests {
     fn catalog_is_complete() {
         let names: std::collections::HashSet<_> = GatewayError::catalog().iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), GatewayError::catalog().len());
-        assert_eq!(names.len(), 22, "add new variants to catalog()");
+        assert_eq!(names.len(), 24, "add new variants to catalog()");
     }
 
     #[test]

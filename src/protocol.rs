@@ -55,6 +55,23 @@ pub fn wants_priming(version: &str) -> bool {
     version >= "2025-11-25"
 }
 
+/// The negotiated version and the raw `result` of a successful `initialize` response.
+pub fn initialize_result(response: &[u8]) -> Option<(String, bytes::Bytes)> {
+    #[derive(serde::Deserialize)]
+    struct Response<'a> {
+        #[serde(borrow)]
+        result: &'a serde_json::value::RawValue,
+    }
+    #[derive(serde::Deserialize)]
+    struct Result {
+        #[serde(rename = "protocolVersion")]
+        protocol_version: String,
+    }
+    let r: Response<'_> = serde_json::from_slice(response).ok()?;
+    let version = serde_json::from_str::<Result>(r.result.get()).ok()?.protocol_version;
+    Some((version, bytes::Bytes::copy_from_slice(r.result.get().as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,6 +102,10 @@ pub struct SessionConfig {
     /// Messages queued towards one open stream before a slow reader is cut off (it may
     /// resume from the replay buffer).
     pub stream_queue: usize,
+    /// How long a session whose WebSocket dropped (without a close frame) waits for the
+    /// client to reconnect and resume it.
+    #[serde(with = "duration")]
+    pub resume_grace: Duration,
 }
 
 impl Default for SessionConfig {
@@ -117,6 +121,7 @@ impl Default for SessionConfig {
             sse_close_after: Duration::ZERO,
             sse_retry: Duration::from_secs(1),
             stream_queue: 64,
+            resume_grace: Duration::from_secs(60),
         }
     }
 }

@@ -80,7 +80,7 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
                     }
                     event(id, &data)
                 }
-                Some(Frame::End) | None => return None,
+                Some(Frame::End | Frame::Closed(_)) | None => return None,
             },
             _ = st.keepalive.tick() => Bytes::from_static(KEEPALIVE),
             _ = sleep_until(close_at.unwrap_or_else(far_future)), if close_at.is_some() => {

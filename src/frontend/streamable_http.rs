@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::sse::{self, StreamOptions};
@@ -21,7 +20,7 @@ use crate::backend::Backend;
 use crate::error::GatewayError;
 use crate::jsonrpc::{Body as RpcBody, Id, Kind, Message, ParseError};
 use crate::protocol::{self, Era};
-use crate::session::{EndReason, Frame, Opened, SessionHandle};
+use crate::session::{Attach, Delivery, EndReason, Frame, Opened, SessionHandle, Sink, Target};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -61,7 +60,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The live session a request names, or the error that says why there is none.
 fn session(app: &App, route: &str, headers: &HeaderMap) -> Result<SessionHandle, GatewayError> {
     let id = header(headers, SESSION_HEADER).ok_or(GatewayError::MissingSession)?;
-    let session = app.registry.get(id).filter(|s| s.route() == route).ok_or(GatewayError::UnknownSession)?;
+    let session = app.registry.lookup(id, route)?;
     if let Some(v) = header(headers, VERSION_HEADER) {
         if !protocol::is_supported(v) {
             return Err(GatewayError::UnsupportedVersion(v.into()));
@@ -129,12 +128,12 @@ async fn post(
     let first_request = msgs.iter().find(|m| m.is_request()).and_then(|m| m.id.clone());
     let Some(first_request) = first_request else {
         // Only notifications and responses: hand them over and acknowledge.
-        session.submit(msgs.clone(), None).await?;
+        session.submit(msgs.clone(), Target::None).await?;
         session.forward(&msgs).await?;
         return Ok(status_only(StatusCode::ACCEPTED));
     };
     let (tx, rx) = mpsc::channel(app.config.sessions.stream_queue);
-    let opened = match session.submit(msgs.clone(), Some(tx)).await {
+    let opened = match session.submit(msgs.clone(), Target::NewStream(Sink::new(tx, Delivery::Detach))).await {
         Ok(o) => o,
         Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &first_request)),
         Err(e) => return Err(e),
@@ -191,22 +190,11 @@ async fn respond(
         match tokio::time::timeout(app.config.sessions.json_wait, rx.recv()).await {
             Ok(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
             Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
-            Ok(Some(Frame::End) | None) => return sse_response(sse::body(prefix, None, opts)),
+            Ok(Some(Frame::End | Frame::Closed(_)) | None) => return sse_response(sse::body(prefix, None, opts)),
             Err(_) => {}
         }
     }
     sse_response(sse::body(prefix, Some(rx), opts))
-}
-
-#[derive(Deserialize)]
-struct InitializeResponse {
-    result: InitializeResult,
-}
-
-#[derive(Deserialize)]
-struct InitializeResult {
-    #[serde(rename = "protocolVersion")]
-    protocol_version: String,
 }
 
 /// Ends a session that never got published (initialize failed or the client left).
@@ -236,7 +224,7 @@ async fn initialize(
     };
     let mut guard = Unpublished(Some(handle.clone()));
     let (tx, mut rx) = mpsc::channel(app.config.sessions.stream_queue);
-    handle.submit(vec![msg.clone()], Some(tx)).await?;
+    handle.submit(vec![msg.clone()], Target::NewStream(Sink::new(tx, Delivery::Detach))).await?;
     let _ = handle.forward(std::slice::from_ref(&msg)).await;
     let mut before = Vec::new();
     let mut last = None;
@@ -247,21 +235,21 @@ async fn initialize(
                 break;
             }
             Frame::Event { id, data, .. } => before.push(sse::event(id, &data)),
-            Frame::End => break,
+            Frame::End | Frame::Closed(_) => break,
         }
     }
     let Some((event_id, data)) = last else {
         return Ok(in_band(&GatewayError::SessionEnded("initialize was cancelled".into()), &id));
     };
-    let version = serde_json::from_slice::<InitializeResponse>(&data).ok().map(|r| r.result.protocol_version);
+    let initialized = protocol::initialize_result(&data);
     let mut response = if before.is_empty() {
         json_response(StatusCode::OK, data)
     } else {
         before.push(sse::event(event_id, &data));
         sse_response(sse::body(before, None, stream_options(app, "")))
     };
-    if let Some(version) = version {
-        app.registry.publish(&handle, &version);
+    if let Some((version, result)) = initialized {
+        app.registry.publish(&handle, &version, result);
         guard.0 = None;
         let value = HeaderValue::from_str(handle.id()).expect("session ids are visible ASCII");
         response.headers_mut().insert(SESSION_HEADER, value);
@@ -280,7 +268,11 @@ async fn get(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Resp
     let last_event_id = header(headers, "last-event-id").map(str::to_owned);
     let resumed = last_event_id.is_some();
     let (tx, rx) = mpsc::channel(app.config.sessions.stream_queue);
-    let opened = session.open(last_event_id, tx).await?;
+    let attach = match last_event_id {
+        Some(id) => Attach::After(id),
+        None => Attach::Standalone,
+    };
+    let opened = session.open(attach, Sink::new(tx, Delivery::Detach)).await?;
     let mut prefix = Vec::new();
     if protocol::wants_priming(&version) && !resumed {
         prefix.push(sse::priming(opened.stream, opened.resume_from));

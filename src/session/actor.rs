@@ -1,14 +1,18 @@
 //! The session task: routes every message between one client and one backend connection.
 //!
 //! Owns the in-flight table (request id → stream, deadline, progress token), the logical
-//! streams (one per POST that carried requests, plus the standalone GET stream) and the replay
-//! buffer. Every server→client message goes to exactly one stream: a response to the stream of
-//! its request, progress to the stream of the request that holds the token, anything else to
-//! the oldest stream still owed a response or, with none, the standalone stream. Does no I/O of
-//! its own: sinks and the backend queue are bounded channels, used with `try_send` so that a
-//! slow reader can never stall the session (it is detached and may resume from the buffer).
+//! streams and the replay buffer. Streams are of two kinds: a request stream per HTTP POST that
+//! carried requests (complete after its last response), and the persistent standalone stream,
+//! read by an HTTP GET or by a WebSocket connection (which also sends its requests on it).
+//!
+//! Every server→client message goes to exactly one stream: a response to the stream of its
+//! request, progress to the stream of the request that holds the token, anything else to the
+//! oldest stream still owed a response or, with none, the standalone stream. Does no I/O of its
+//! own. An HTTP reader that falls behind is detached (it may resume from the buffer); a
+//! WebSocket reader that falls behind makes the session stop reading its backend until the
+//! reader catches up — it closes itself when it stays stuck.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,11 +21,14 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::buffer::{EventId, ReplayBuffer};
-use super::{Command, EndReason, Frame, InFlight, Opened, Sink};
+use super::{Attach, Command, Delivery, EndReason, Frame, InFlight, Opened, Sink, Target};
 use crate::backend::Event;
 use crate::config::SessionConfig;
 use crate::error::GatewayError;
 use crate::jsonrpc::{cancelled_notification, error_response, Id, Kind, Message};
+
+/// How long the end of a session waits for a stuck WebSocket reader to take its last frames.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Pending {
     stream: u64,
@@ -33,20 +40,31 @@ struct Pending {
 struct Stream {
     /// Where live events go; `None` while no client reads this stream.
     sink: Option<Sink>,
-    /// Responses still owed on this stream (0 for the standalone stream).
+    /// The standalone stream: never complete, answers do not end it.
+    persistent: bool,
+    /// Responses still owed on this stream.
     owed: usize,
     next_seq: u64,
-    /// Last sequence handed to a sink, for re-attaching without `Last-Event-ID`.
+    /// Last sequence handed to a sink, for re-attaching without a last event id.
     delivered: u64,
     /// Events of this stream still in the replay buffer.
     buffered: usize,
+    /// Highest sequence evicted from the buffer: a resume from before it has a gap.
+    evicted_through: u64,
     complete: bool,
 }
 
 impl Stream {
     fn live(&self) -> bool {
-        self.sink.as_ref().is_some_and(|s| !s.is_closed())
+        self.sink.as_ref().is_some_and(Sink::is_live)
     }
+}
+
+/// Frames held for a backpressured reader whose queue is full.
+struct Stalled {
+    stream: u64,
+    tx: mpsc::Sender<Frame>,
+    frames: VecDeque<Frame>,
 }
 
 pub(super) struct Actor {
@@ -62,6 +80,12 @@ pub(super) struct Actor {
     next_stream: u64,
     buffer: ReplayBuffer,
     last_activity: Instant,
+    /// Set while a backpressured reader is full: the backend is not read meanwhile.
+    stalled: Option<Stalled>,
+    /// Since when the session's WebSocket is gone without a close frame.
+    away_since: Option<Instant>,
+    /// Messages the away client never saw were evicted: the session cannot be resumed.
+    overflowed: bool,
 }
 
 impl Actor {
@@ -78,6 +102,9 @@ impl Actor {
             next_stream: 1,
             buffer,
             last_activity: Instant::now(),
+            stalled: None,
+            away_since: None,
+            overflowed: false,
         }
     }
 
@@ -89,24 +116,28 @@ impl Actor {
     ) -> EndReason {
         let reason = loop {
             let wake = self.next_wake();
-            // Cancel-safe: every branch is a channel receive, a sleep or a token; none loses
-            // a message when another branch wins.
+            let stalled_tx = self.stalled.as_ref().map(|s| s.tx.clone());
+            let reading = self.stalled.is_none();
+            // Cancel-safe: every branch is a channel receive, a permit reservation, a sleep or a
+            // token; none loses a message when another branch wins.
             tokio::select! {
                 c = commands.recv() => match c {
                     Some(Command::End(reason)) => break reason,
-                    Some(Command::Client { msgs, sink, reply }) => {
-                        let _ = reply.send(self.on_client(msgs, sink));
+                    Some(Command::Client { msgs, target, reply }) => {
+                        let _ = reply.send(self.on_client(msgs, target));
                     }
-                    Some(Command::Open { last_event_id, sink, reply }) => {
-                        let _ = reply.send(self.on_open(last_event_id, sink));
+                    Some(Command::Open { attach, sink, reply }) => {
+                        let _ = reply.send(self.on_open(attach, sink));
                     }
+                    Some(Command::Away { stream }) => self.on_away(stream),
                     None => break EndReason::InitializeFailed,
                 },
-                e = events.recv() => match e {
+                e = events.recv(), if reading => match e {
                     Some(Event::Message(line)) => self.on_backend(line),
                     Some(Event::Closed(why)) => break EndReason::BackendClosed(why),
                     None => break EndReason::BackendClosed("backend connection lost".into()),
                 },
+                permit = reserve(stalled_tx), if !reading => self.on_room(permit),
                 _ = sleep_until(wake) => {
                     if let Some(reason) = self.on_tick() {
                         break reason;
@@ -114,17 +145,21 @@ impl Actor {
                 }
                 _ = shutdown.cancelled() => break EndReason::Shutdown,
             }
+            if self.overflowed {
+                break EndReason::ReplayOverflow;
+            }
         };
-        self.finish(&reason);
+        self.finish(&reason).await;
         reason
     }
 
     fn next_wake(&self) -> Instant {
         let idle = self.last_activity + self.config.idle_timeout;
-        self.pending.values().map(|p| p.deadline).fold(idle, Instant::min)
+        let grace = self.away_since.map(|t| t + self.config.resume_grace);
+        self.pending.values().map(|p| p.deadline).chain(grace).fold(idle, Instant::min)
     }
 
-    fn on_client(&mut self, msgs: Vec<Message>, sink: Option<Sink>) -> Result<Opened, GatewayError> {
+    fn on_client(&mut self, msgs: Vec<Message>, target: Target) -> Result<Opened, GatewayError> {
         let now = Instant::now();
         self.last_activity = now;
         let mut seen = HashSet::new();
@@ -142,15 +177,21 @@ impl Actor {
             }
         }
         let requests: Vec<&Message> = msgs.iter().filter(|m| m.is_request()).collect();
-        let stream = self.new_stream();
-        if requests.is_empty() {
-            self.streams.remove(&stream);
-            return Ok(Opened { stream, replay: Vec::new(), complete: true, resume_from: 0 });
-        }
-        let s = self.streams.get_mut(&stream).expect("just made");
-        s.sink = sink;
-        s.owed = requests.len();
-        for m in requests {
+        let stream = match target {
+            _ if requests.is_empty() => {
+                return Ok(Opened { stream: 0, replay: Vec::new(), complete: true, resume_from: 0 })
+            }
+            Target::NewStream(sink) => {
+                let id = self.new_stream(false);
+                self.streams.get_mut(&id).expect("just made").sink = Some(sink);
+                id
+            }
+            Target::Stream(id) if self.streams.get(&id).is_some_and(|s| s.persistent) => id,
+            Target::Stream(_) | Target::None => {
+                return Err(GatewayError::InvalidMessage("requests need a stream to be answered on".into()))
+            }
+        };
+        for m in &requests {
             let id = m.id.clone().expect("requests have ids");
             if let Some(token) = &m.progress_token {
                 self.tokens.insert(token.clone(), id.clone());
@@ -158,39 +199,71 @@ impl Actor {
             let deadline = now + self.config.request_timeout;
             self.pending.insert(id, Pending { stream, deadline, token: m.progress_token.clone() });
         }
-        self.in_flight.add(self.streams[&stream].owed);
+        self.streams.get_mut(&stream).expect("checked").owed += requests.len();
+        self.in_flight.add(requests.len());
         Ok(Opened { stream, replay: Vec::new(), complete: false, resume_from: 0 })
     }
 
-    fn on_open(&mut self, last_event_id: Option<String>, sink: Sink) -> Result<Opened, GatewayError> {
+    fn on_open(&mut self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
         self.last_activity = Instant::now();
-        let (stream, after) = match last_event_id {
-            Some(text) => {
+        let (stream, after, through_sink) = match attach {
+            Attach::After(text) => {
                 let id = EventId::parse(&text)
                     .filter(|id| self.streams.contains_key(&id.stream))
                     .ok_or(GatewayError::UnknownEventId(text))?;
-                (id.stream, id.seq)
+                (id.stream, id.seq, false)
             }
-            None => {
-                let stream = match self.standalone {
-                    Some(s) if self.streams[&s].live() => return Err(GatewayError::StreamConflict),
-                    Some(s) => s,
-                    None => {
-                        let s = self.new_stream();
-                        self.standalone = Some(s);
-                        s
-                    }
+            Attach::Standalone => {
+                let stream = self.standalone_stream();
+                if self.streams[&stream].live() {
+                    return Err(GatewayError::StreamConflict);
+                }
+                (stream, self.streams[&stream].delivered, false)
+            }
+            Attach::Connection { after } => {
+                let stream = self.standalone_stream();
+                let after = match after {
+                    Some(text) => match EventId::parse(&text) {
+                        Some(id) if id.stream == stream => id.seq,
+                        _ => return Err(GatewayError::UnknownEventId(text)),
+                    },
+                    None => self.streams[&stream].delivered,
                 };
-                (stream, self.streams[&stream].delivered)
+                self.away_since = None;
+                (stream, after, true)
             }
         };
+        let s = &self.streams[&stream];
+        if after < s.evicted_through {
+            return Err(GatewayError::ReplayGap(EventId { stream, seq: after }.to_string()));
+        }
         let replay = self.buffer.after(stream, after);
         let s = self.streams.get_mut(&stream).expect("checked above");
-        if !s.complete {
+        let (complete, resume_from) = (s.complete, s.next_seq);
+        if !complete {
+            // A previous reader, if any, is dropped here: a WebSocket then closes with 1000.
             s.sink = Some(sink);
             s.delivered = s.next_seq;
         }
-        Ok(Opened { stream, replay, complete: s.complete, resume_from: s.next_seq })
+        if self.stalled.as_ref().is_some_and(|st| st.stream == stream) {
+            self.stalled = None;
+        }
+        if through_sink {
+            for (id, data) in replay {
+                self.deliver(stream, Frame::Event { id, data, last: false });
+            }
+            return Ok(Opened { stream, replay: Vec::new(), complete, resume_from });
+        }
+        Ok(Opened { stream, replay, complete, resume_from })
+    }
+
+    fn on_away(&mut self, stream: u64) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        if s.live() {
+            return; // A newer connection already took over.
+        }
+        s.sink = None;
+        self.away_since = Some(Instant::now());
     }
 
     fn on_backend(&mut self, line: Bytes) {
@@ -204,9 +277,7 @@ impl Actor {
         match (msg.kind, &msg.id) {
             (Kind::Result | Kind::Error, Some(id)) => match self.take_pending(id) {
                 Some(p) => self.answer(p.stream, line),
-                None => {
-                    tracing::debug!(id = %id, "Dropped a response to a request no longer in flight.")
-                }
+                None => tracing::debug!(id = %id, "Dropped a response to a request no longer in flight."),
             },
             (Kind::Notification, _) if msg.method() == Some("notifications/progress") => {
                 let target = msg.progress_token.as_ref().and_then(|t| self.tokens.get(t)).cloned();
@@ -223,27 +294,53 @@ impl Actor {
         }
     }
 
+    /// A stuck reader has room again (or is gone): hand it what was held.
+    fn on_room(&mut self, permit: Option<mpsc::OwnedPermit<Frame>>) {
+        let Some(mut stalled) = self.stalled.take() else { return };
+        let Some(permit) = permit else {
+            if let Some(s) = self.streams.get_mut(&stalled.stream) {
+                s.sink = None;
+            }
+            return;
+        };
+        if let Some(frame) = stalled.frames.pop_front() {
+            permit.send(frame);
+        }
+        while let Some(frame) = stalled.frames.pop_front() {
+            match stalled.tx.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    stalled.frames.push_front(frame);
+                    self.stalled = Some(stalled);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    }
+
     fn on_tick(&mut self) -> Option<EndReason> {
         let now = Instant::now();
         let expired: Vec<Id> =
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
-            let Some(p) = self.take_pending(&id) else {
-                continue;
-            };
+            let Some(p) = self.take_pending(&id) else { continue };
             let _ = self.backend.try_send(cancelled_notification(&id, "request timed out at the gateway"));
             let err = GatewayError::RequestTimeout(self.config.request_timeout);
             self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
         }
         if self.streams.values().any(Stream::live) {
             self.last_activity = now;
+        } else if self.away_since.is_some_and(|t| now >= t + self.config.resume_grace) {
+            return Some(EndReason::GraceExpired);
         }
         let idle = self.pending.is_empty() && now >= self.last_activity + self.config.idle_timeout;
         idle.then_some(EndReason::Idle)
     }
 
-    /// Gives every in-flight request its error, then drops every sink (ending the streams).
-    fn finish(&mut self, reason: &EndReason) {
+    /// Gives every in-flight request its error, tells every reader why the session ended,
+    /// and drops the readers (ending their streams).
+    async fn finish(&mut self, reason: &EndReason) {
         let err = reason.error();
         let ids: Vec<Id> = self.pending.keys().cloned().collect();
         for id in ids {
@@ -251,14 +348,36 @@ impl Actor {
                 self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
             }
         }
+        let live: Vec<u64> = self.streams.iter().filter(|(_, s)| s.live()).map(|(id, _)| *id).collect();
+        for stream in live {
+            self.deliver(stream, Frame::Closed(reason.clone()));
+        }
+        let deadline = Instant::now() + FINAL_FLUSH;
+        while let Some(tx) = self.stalled.as_ref().map(|s| s.tx.clone()) {
+            match tokio::time::timeout_at(deadline, reserve(Some(tx))).await {
+                Ok(permit) => self.on_room(permit),
+                Err(_) => break,
+            }
+        }
         self.streams.clear();
     }
 
-    fn new_stream(&mut self) -> u64 {
+    fn new_stream(&mut self, persistent: bool) -> u64 {
         let id = self.next_stream;
         self.next_stream += 1;
-        self.streams.insert(id, Stream::default());
+        self.streams.insert(id, Stream { persistent, ..Stream::default() });
         id
+    }
+
+    fn standalone_stream(&mut self) -> u64 {
+        match self.standalone {
+            Some(id) => id,
+            None => {
+                let id = self.new_stream(true);
+                self.standalone = Some(id);
+                id
+            }
+        }
     }
 
     fn take_pending(&mut self, id: &Id) -> Option<Pending> {
@@ -270,18 +389,14 @@ impl Actor {
         Some(p)
     }
 
-    /// A client cancelled a request: forget it; its stream ends when nothing else is owed.
+    /// A client cancelled a request: forget it; a request stream ends when nothing else is owed.
     fn cancel(&mut self, id: &Id) {
-        let Some(p) = self.take_pending(id) else {
-            return;
-        };
-        let Some(s) = self.streams.get_mut(&p.stream) else {
-            return;
-        };
+        let Some(p) = self.take_pending(id) else { return };
+        let Some(s) = self.streams.get_mut(&p.stream) else { return };
         s.owed -= 1;
-        if s.owed == 0 {
+        if s.owed == 0 && !s.persistent {
             if let Some(sink) = s.sink.take() {
-                let _ = sink.try_send(Frame::End);
+                let _ = sink.tx.try_send(Frame::End);
             }
             s.complete = true;
             if s.buffered == 0 {
@@ -291,54 +406,78 @@ impl Actor {
     }
 
     fn answer(&mut self, stream: u64, data: Bytes) {
-        let Some(s) = self.streams.get_mut(&stream) else {
-            return;
-        };
+        let Some(s) = self.streams.get_mut(&stream) else { return };
         s.owed = s.owed.saturating_sub(1);
-        let last = s.owed == 0;
+        let last = s.owed == 0 && !s.persistent;
         self.emit(stream, data, last);
     }
 
     fn emit_unrelated(&mut self, data: Bytes) {
         let owed = self.streams.iter().find(|(_, s)| s.owed > 0 && !s.complete).map(|(id, _)| *id);
-        let target = match owed.or(self.standalone) {
-            Some(id) => id,
-            None => {
-                let id = self.new_stream();
-                self.standalone = Some(id);
-                id
-            }
-        };
+        let target = owed.unwrap_or_else(|| self.standalone_stream());
         self.emit(target, data, false);
     }
 
+    /// Gives an event its id, keeps it for replay, and hands it to the stream's reader.
     fn emit(&mut self, stream: u64, data: Bytes, last: bool) {
-        let Some(s) = self.streams.get_mut(&stream) else {
-            return;
-        };
+        let Some(s) = self.streams.get_mut(&stream) else { return };
         s.next_seq += 1;
         let id = EventId { stream, seq: s.next_seq };
         s.buffered += 1;
-        if let Some(sink) = &s.sink {
-            match sink.try_send(Frame::Event { id, data: data.clone(), last }) {
-                Ok(()) => s.delivered = id.seq,
-                Err(_) => {
-                    tracing::debug!(stream, "A stream's reader is gone or too slow; detached it (it may resume).");
-                    s.sink = None;
-                }
-            }
-        }
         if last {
             s.complete = true;
-            s.sink = None;
         }
-        for old in self.buffer.push(id, data) {
-            if let Some(s) = self.streams.get_mut(&old.stream) {
-                s.buffered -= 1;
-                if s.complete && s.buffered == 0 {
-                    self.streams.remove(&old.stream);
-                }
+        self.deliver(stream, Frame::Event { id, data: data.clone(), last });
+        if last {
+            if let Some(s) = self.streams.get_mut(&stream) {
+                s.sink = None;
             }
         }
+        for old in self.buffer.push(id, data) {
+            let Some(s) = self.streams.get_mut(&old.stream) else { continue };
+            s.buffered -= 1;
+            s.evicted_through = s.evicted_through.max(old.seq);
+            if self.away_since.is_some() && s.persistent && old.seq > s.delivered {
+                self.overflowed = true;
+            }
+            if s.complete && s.buffered == 0 {
+                self.streams.remove(&old.stream);
+            }
+        }
+    }
+
+    /// Hands a frame to a stream's reader according to the reader's [`Delivery`].
+    fn deliver(&mut self, stream: u64, frame: Frame) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        let Some(sink) = &s.sink else { return };
+        let seq = match &frame {
+            Frame::Event { id, .. } => Some(id.seq),
+            _ => None,
+        };
+        if let Some(stalled) = self.stalled.as_mut().filter(|st| st.stream == stream) {
+            stalled.frames.push_back(frame);
+            s.delivered = seq.unwrap_or(s.delivered);
+            return;
+        }
+        match sink.tx.try_send(frame) {
+            Ok(()) => s.delivered = seq.unwrap_or(s.delivered),
+            Err(mpsc::error::TrySendError::Full(frame)) if sink.delivery == Delivery::Backpressure => {
+                tracing::debug!(stream, "A WebSocket reader is behind; pausing the backend until it catches up.");
+                self.stalled = Some(Stalled { stream, tx: sink.tx.clone(), frames: VecDeque::from([frame]) });
+                s.delivered = seq.unwrap_or(s.delivered);
+            }
+            Err(_) => {
+                tracing::debug!(stream, "A stream's reader is gone or too slow; detached it (it may resume).");
+                s.sink = None;
+            }
+        }
+    }
+}
+
+/// Waits for room in a reader's queue; `None` when the reader is gone.
+async fn reserve(tx: Option<mpsc::Sender<Frame>>) -> Option<mpsc::OwnedPermit<Frame>> {
+    match tx {
+        Some(tx) => tx.reserve_owned().await.ok(),
+        None => std::future::pending().await,
     }
 }

@@ -9,8 +9,9 @@
 mod actor;
 pub mod buffer;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -30,12 +31,63 @@ pub use buffer::EventId;
 pub enum Frame {
     /// One server→client message. `last` marks the final message of a request stream.
     Event { id: EventId, data: Bytes, last: bool },
-    /// The stream has nothing more (its requests were cancelled, or the session ended).
+    /// The stream has nothing more (its requests were cancelled).
     End,
+    /// The session ended; nothing more will come on any stream.
+    Closed(EndReason),
 }
 
-/// The sending side of one open stream (an HTTP response body, later a WebSocket).
-pub type Sink = mpsc::Sender<Frame>;
+/// What a session does when a reader's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Drop the reader (an HTTP response body); it may resume with `Last-Event-ID`.
+    Detach,
+    /// Hold the message and stop reading the backend until the reader catches up (a
+    /// WebSocket, which closes itself when it stays stuck).
+    Backpressure,
+}
+
+/// The sending side of one open stream.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    tx: mpsc::Sender<Frame>,
+    delivery: Delivery,
+}
+
+impl Sink {
+    pub fn new(tx: mpsc::Sender<Frame>, delivery: Delivery) -> Sink {
+        Sink { tx, delivery }
+    }
+
+    /// Whether a reader is still there.
+    pub fn is_live(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// Where the requests of a submission are answered.
+#[derive(Debug)]
+pub enum Target {
+    /// A new stream of their own, read by this sink (one HTTP POST).
+    NewStream(Sink),
+    /// An existing stream (the stream of a WebSocket connection).
+    Stream(u64),
+    /// Nowhere: the submission holds no request.
+    None,
+}
+
+/// Which stream a reader attaches to.
+#[derive(Debug)]
+pub enum Attach {
+    /// HTTP GET: the standalone stream; refused while it has a live reader.
+    Standalone,
+    /// HTTP GET with `Last-Event-ID`: that stream, replacing its reader; events after the id
+    /// are returned in [`Opened::replay`].
+    After(String),
+    /// A WebSocket connection: the standalone stream, replacing any reader. Events after
+    /// `after` (or, without it, those never delivered) are replayed through the sink.
+    Connection { after: Option<String> },
+}
 
 /// Why a session ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,17 +97,45 @@ pub enum EndReason {
     InitializeFailed,
     BackendClosed(String),
     Shutdown,
+    /// The client closed its WebSocket connection with a close frame.
+    ClientClosed,
+    /// The client's WebSocket dropped and it did not come back within `resume_grace`.
+    GraceExpired,
+    /// The client was away and the replay buffer lost messages it had not seen.
+    ReplayOverflow,
 }
 
 impl EndReason {
+    /// What happened, in words (logs, tombstones, errors).
+    pub fn describe(&self) -> String {
+        match self {
+            EndReason::Deleted => "deleted by the client".into(),
+            EndReason::Idle => "idle timeout".into(),
+            EndReason::InitializeFailed => "initialize failed".into(),
+            EndReason::BackendClosed(why) => why.clone(),
+            EndReason::Shutdown => "the gateway is shutting down".into(),
+            EndReason::ClientClosed => "the client closed its connection".into(),
+            EndReason::GraceExpired => "the client did not reconnect within sessions.resume_grace".into(),
+            EndReason::ReplayOverflow => {
+                "the replay buffer overflowed while the client was away (sessions.replay_buffer_*)".into()
+            }
+        }
+    }
+
     /// The error an in-flight request gets when its session ends for this reason.
     pub fn error(&self) -> GatewayError {
         match self {
             EndReason::BackendClosed(why) => GatewayError::BackendUnavailable(why.clone()),
-            EndReason::Deleted => GatewayError::SessionEnded("deleted by the client".into()),
-            EndReason::Idle => GatewayError::SessionEnded("idle timeout".into()),
-            EndReason::InitializeFailed => GatewayError::SessionEnded("initialize failed".into()),
-            EndReason::Shutdown => GatewayError::SessionEnded("the gateway is shutting down".into()),
+            other => GatewayError::SessionEnded(other.describe()),
+        }
+    }
+
+    /// The WebSocket close code a connection of the session gets.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            EndReason::BackendClosed(_) => 1011,
+            EndReason::Shutdown => 1001,
+            _ => 1000,
         }
     }
 }
@@ -74,17 +154,22 @@ pub struct Opened {
 }
 
 enum Command {
-    /// Client messages of one POST; requests among them get a stream fed to `sink`.
+    /// Client messages; requests among them are answered on `target`.
     Client {
         msgs: Vec<Message>,
-        sink: Option<Sink>,
+        target: Target,
         reply: oneshot::Sender<Result<Opened, GatewayError>>,
     },
-    /// A GET: the standalone stream, or a resumed one with `Last-Event-ID`.
+    /// A reader attaches to a stream.
     Open {
-        last_event_id: Option<String>,
+        attach: Attach,
         sink: Sink,
         reply: oneshot::Sender<Result<Opened, GatewayError>>,
+    },
+    /// The WebSocket of `stream` dropped without a close frame: keep the session for
+    /// `resume_grace`.
+    Away {
+        stream: u64,
     },
     End(EndReason),
 }
@@ -97,6 +182,8 @@ struct Inner {
     backend: mpsc::Sender<Bytes>,
     /// The protocol version the backend answered `initialize` with.
     version: OnceLock<Box<str>>,
+    /// The backend's `InitializeResult` (the `result` member), to answer a resuming client.
+    initialize_result: OnceLock<Bytes>,
 }
 
 /// A cheap, clonable handle to a live session.
@@ -117,11 +204,16 @@ impl SessionHandle {
         self.0.version.get().map(|v| &**v)
     }
 
-    /// Hands client messages to the session: requests are registered (and get a stream that
-    /// feeds `sink`), cancellations are applied. The caller then sends them to the backend.
-    pub async fn submit(&self, msgs: Vec<Message>, sink: Option<Sink>) -> Result<Opened, GatewayError> {
+    /// The backend's `InitializeResult`, once the session is published.
+    pub fn initialize_result(&self) -> Option<&Bytes> {
+        self.0.initialize_result.get()
+    }
+
+    /// Hands client messages to the session: requests are registered to be answered on
+    /// `target`, cancellations are applied. The caller then sends them to the backend.
+    pub async fn submit(&self, msgs: Vec<Message>, target: Target) -> Result<Opened, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        self.command(Command::Client { msgs, sink, reply }).await?;
+        self.command(Command::Client { msgs, target, reply }).await?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -133,11 +225,17 @@ impl SessionHandle {
         Ok(())
     }
 
-    /// Opens the standalone stream, or resumes a stream after `Last-Event-ID`.
-    pub async fn open(&self, last_event_id: Option<String>, sink: Sink) -> Result<Opened, GatewayError> {
+    /// Attaches a reader to a stream.
+    pub async fn open(&self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        self.command(Command::Open { last_event_id, sink, reply }).await?;
+        self.command(Command::Open { attach, sink, reply }).await?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Tells the session that the WebSocket reading `stream` dropped; returns at once.
+    pub fn away(&self, stream: u64) {
+        let tx = self.0.commands.clone();
+        tokio::spawn(async move { tx.send(Command::Away { stream }).await });
     }
 
     /// Asks the session to end; returns at once.
@@ -203,7 +301,12 @@ pub struct Registry {
     /// Cancelled once on shutdown; every session task watches it.
     shutdown: CancellationToken,
     self_exe: std::path::PathBuf,
+    /// Recently ended sessions and why, so a late request learns more than "not found".
+    ended: Mutex<VecDeque<(Arc<str>, String)>>,
 }
+
+/// How many ended sessions are remembered for their reason.
+const TOMBSTONES: usize = 1024;
 
 /// Frees a session slot when the session's task ends.
 struct Slot(Arc<Registry>);
@@ -226,6 +329,7 @@ impl Registry {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             self_exe,
+            ended: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -235,7 +339,32 @@ impl Registry {
 
     /// Unpublishes a session (DELETE): from now on its id gets 404.
     pub fn remove(&self, id: &str) -> Option<SessionHandle> {
-        self.sessions.remove(id).map(|(_, h)| h)
+        let removed = self.sessions.remove(id).map(|(_, h)| h);
+        if let Some(h) = &removed {
+            self.remember_end(h.0.id.clone(), &EndReason::Deleted);
+        }
+        removed
+    }
+
+    /// The live session `id` on `route`, or the error a client gets for it: 404, saying why
+    /// when the session ended recently.
+    pub fn lookup(&self, id: &str, route: &str) -> Result<SessionHandle, GatewayError> {
+        if let Some(h) = self.get(id).filter(|h| h.route() == route) {
+            return Ok(h);
+        }
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        match ended.iter().find(|(e, _)| &**e == id) {
+            Some((_, why)) => Err(GatewayError::SessionGone(why.clone())),
+            None => Err(GatewayError::UnknownSession),
+        }
+    }
+
+    fn remember_end(&self, id: Arc<str>, reason: &EndReason) {
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.len() == TOMBSTONES {
+            ended.pop_front();
+        }
+        ended.push_back((id, reason.describe()));
     }
 
     pub fn get(&self, id: &str) -> Option<SessionHandle> {
@@ -283,6 +412,7 @@ impl Registry {
             commands,
             backend: conn.tx.clone(),
             version: OnceLock::new(),
+            initialize_result: OnceLock::new(),
         }));
         let actor = actor::Actor::new(self.config.clone(), conn.tx.clone(), self.in_flight.clone());
         let shutdown = self.shutdown.clone();
@@ -290,8 +420,10 @@ impl Registry {
         let span = tracing::info_span!("session", session.id = %handle.id(), backend.name = backend.name());
         self.tasks.spawn(async move {
             let reason = actor.run(rx, conn.events, shutdown).await;
-            registry.sessions.remove(&*ctx.session_id);
-            tracing::info!(parent: &span, reason = ?reason, "The session ended.");
+            if registry.sessions.remove(&*ctx.session_id).is_some() {
+                registry.remember_end(ctx.session_id.clone(), &reason);
+            }
+            tracing::info!(parent: &span, reason = %reason.describe(), "The session ended.");
             conn.stopper.stop().await;
             drop(slot);
         });
@@ -299,8 +431,9 @@ impl Registry {
     }
 
     /// Makes an initialized session visible under its id.
-    pub fn publish(&self, handle: &SessionHandle, version: &str) {
+    pub fn publish(&self, handle: &SessionHandle, version: &str, initialize_result: Bytes) {
         let _ = handle.0.version.set(version.into());
+        let _ = handle.0.initialize_result.set(initialize_result);
         self.sessions.insert(handle.0.id.clone(), handle.clone());
     }
 
