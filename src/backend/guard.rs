@@ -21,6 +21,13 @@ use nix::unistd::getpgrp;
 pub fn run(liveness_fd: i32, program: OsString, args: Vec<OsString>) -> i32 {
     // The server must not inherit the liveness pipe.
     let _ = fcntl(liveness_fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    // A SIGTERM to the group is for the server: the guard stays to report the server's exit
+    // and clean up after it. (The server starts with an empty signal mask: std resets it.)
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&nix::sys::signal::SigSet::from(Signal::SIGTERM)),
+        None,
+    );
     let group = getpgrp();
     // Opening /proc/self/fd/N of a pipe yields a new reader of the same pipe; end-of-file
     // arrives once every write end (only the gateway holds one) is closed.

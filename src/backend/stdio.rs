@@ -127,17 +127,18 @@ impl StdioBackend {
         tokio::spawn(write_stdin(stdin, rx, close_stdin.clone()));
         let reader = tokio::spawn(read_stdout(stdout, self.config.max_line_bytes, events_tx.clone()));
         tokio::spawn(log_stderr(stderr, span.clone()));
+        let wait = self.config.stop_wait;
         tokio::spawn(async move {
             let status = child.wait().await;
-            // Let the reader pass on what the child wrote before it exited; a grandchild
-            // holding stdout open must not delay the report for long.
-            let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
             let reason = match &status {
                 Ok(s) => format!("backend exited ({})", describe(s)),
                 Err(e) => format!("backend lost: {e}"),
             };
-            tracing::debug!(parent: &span, "The stdio child ended: {reason}.");
             let _ = exit_tx.send(Some(reason.clone()));
+            // Let the reader pass on what the child wrote before it exited (the guard has
+            // killed the rest of its group, so stdout closes); bounded all the same.
+            let _ = tokio::time::timeout(wait, reader).await;
+            tracing::debug!(parent: &span, "The stdio child ended: {reason}.");
             let _ = events_tx.send(Event::Closed(reason)).await;
         });
 
@@ -194,6 +195,8 @@ async fn read_stdout(stdout: impl AsyncRead + Unpin, max: usize, events: mpsc::S
         match line {
             Ok(line) if line.iter().all(u8::is_ascii_whitespace) => {}
             Ok(line) => {
+                // A copy, so a small message does not pin the read buffer a huge one grew.
+                let line = Bytes::copy_from_slice(&line);
                 if events.send(Event::Message(line)).await.is_err() {
                     // The session is gone and the child is being stopped: keep reading (and
                     // dropping) until it closes stdout, so a late write does not kill it with
@@ -244,6 +247,9 @@ fn log_line(span: &tracing::Span, line: &[u8]) {
 }
 
 /// Stops one stdio child and its whole process group.
+///
+/// The guard blocks SIGTERM, so a SIGTERM to the group reaches the server (and its children)
+/// alone; the guard outlives it, reports its status, and kills what is left of the group.
 pub struct StdioStopper {
     /// The guard's pid, which is also the process group id.
     group: Option<Pid>,
@@ -255,8 +261,8 @@ pub struct StdioStopper {
 }
 
 impl StdioStopper {
-    /// Close stdin, wait, SIGTERM the group, wait, SIGKILL the group (always, so that
-    /// grandchildren that outlived their parent go too).
+    /// Close stdin, wait, SIGTERM the group, wait, SIGKILL the group. Whenever the guard
+    /// exits first, it has already killed the rest of the group.
     pub async fn stop(mut self) {
         self.close_stdin.cancel();
         let exited = |rx: &mut watch::Receiver<Option<String>>| {
@@ -264,11 +270,15 @@ impl StdioStopper {
             async move { rx.wait_for(Option::is_some).await.is_ok() }
         };
         let Some(group) = self.group else { return };
-        if tokio::time::timeout(self.wait, exited(&mut self.exited)).await.is_err() {
-            let _ = killpg(group, Signal::SIGTERM);
-            let _ = tokio::time::timeout(self.wait, exited(&mut self.exited)).await;
+        if tokio::time::timeout(self.wait, exited(&mut self.exited)).await.is_ok() {
+            // The guard exited after killing what was left of its group; its group id may
+            // already belong to someone else, so it is not signalled again.
+            return;
         }
-        let _ = killpg(group, Signal::SIGKILL);
+        let _ = killpg(group, Signal::SIGTERM);
+        if tokio::time::timeout(self.wait, exited(&mut self.exited)).await.is_err() {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
         drop(self.liveness);
     }
 }

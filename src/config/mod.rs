@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub sessions: SessionConfig,
     #[serde(default)]
+    pub websocket: WebSocketConfig,
+    #[serde(default)]
     pub log: LogConfig,
     /// Endpoint paths, each bound to a named backend.
     #[serde(default)]
@@ -128,6 +130,42 @@ impl Default for SessionConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Largest inbound message (one JSON-RPC message per text frame); a larger one closes the
+    /// connection with 1009. Outbound messages are not capped below this.
+    pub max_message_bytes: usize,
+    /// Messages queued towards one connection; when full, the session stops reading its
+    /// backend until the client catches up.
+    pub send_queue: usize,
+    /// A client that takes no message for this long is closed with 1008 (its session waits
+    /// `sessions.resume_grace` for a reconnect).
+    #[serde(with = "duration")]
+    pub stall_timeout: Duration,
+    /// Interval of the gateway's pings.
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    /// A connection silent for `ping_interval` + this long is dropped.
+    #[serde(with = "duration")]
+    pub pong_timeout: Duration,
+    /// Read buffer per connection; messages larger than it still arrive, in several reads.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_message_bytes: 4 * 1024 * 1024,
+            send_queue: 64,
+            stall_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(20),
+            read_buffer_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info` or `mcp_edge=debug`; `RUST_LOG` overrides.
     pub level: String,
@@ -154,6 +192,14 @@ pub struct RouteConfig {
     pub path: String,
     /// Name of an entry in `[backends]`.
     pub backend: String,
+    /// Accept WebSocket upgrades on this path; when off, an upgrade request is served as
+    /// plain Streamable HTTP.
+    #[serde(default = "yes")]
+    pub websocket: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The closed set of backend kinds.
@@ -274,6 +320,9 @@ impl Config {
             ("sessions.replay_buffer_messages", self.sessions.replay_buffer_messages),
             ("sessions.replay_buffer_bytes", self.sessions.replay_buffer_bytes),
             ("sessions.stream_queue", self.sessions.stream_queue),
+            ("websocket.max_message_bytes", self.websocket.max_message_bytes),
+            ("websocket.send_queue", self.websocket.send_queue),
+            ("websocket.read_buffer_bytes", self.websocket.read_buffer_bytes),
         ];
         for (key, v) in nonzero {
             if v == 0 {
@@ -284,6 +333,9 @@ impl Config {
             ("sessions.idle_timeout", self.sessions.idle_timeout),
             ("sessions.request_timeout", self.sessions.request_timeout),
             ("sessions.sse_keepalive", self.sessions.sse_keepalive),
+            ("websocket.stall_timeout", self.websocket.stall_timeout),
+            ("websocket.ping_interval", self.websocket.ping_interval),
+            ("websocket.pong_timeout", self.websocket.pong_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be longer than 0s"));
@@ -329,6 +381,8 @@ mod tests {
         assert_eq!(c.server, ServerConfig::default());
         assert_eq!(c.sessions, SessionConfig::default());
         assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.websocket, WebSocketConfig::default());
+        assert!(c.routes.iter().all(|r| r.websocket));
         let BackendConfig::Stdio(s) = &c.backends["example"];
         assert_eq!(s.command, SELF_EXE);
         assert_eq!(s.env_allow, default_env_allow());

@@ -80,7 +80,13 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
                     }
                     event(id, &data)
                 }
-                Some(Frame::End | Frame::Closed(_)) | None => return None,
+                Some(Frame::Message(data)) => {
+                    let mut out = b"event: message\ndata: ".to_vec();
+                    out.extend_from_slice(&single_line(&data));
+                    out.extend_from_slice(b"\n\n");
+                    Bytes::from(out)
+                }
+                Some(Frame::End | Frame::Closed(_) | Frame::Replaced) | None => return None,
             },
             _ = st.keepalive.tick() => Bytes::from_static(KEEPALIVE),
             _ = sleep_until(close_at.unwrap_or_else(far_future)), if close_at.is_some() => {

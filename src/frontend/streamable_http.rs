@@ -138,9 +138,10 @@ async fn post(
         Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &first_request)),
         Err(e) => return Err(e),
     };
-    // A failed write means the backend is gone; the session then answers every pending
-    // request with an error on `rx`, so the response below still completes.
-    let _ = session.forward(&msgs).await;
+    // A failed write means the backend is gone, and a write that waits past the request
+    // timeout means it stopped reading: either way the session answers every pending request
+    // with an error on `rx`, so the response below still completes.
+    let _ = tokio::time::timeout(app.config.sessions.request_timeout, session.forward(&msgs)).await;
     Ok(respond(app, &version, opened, rx, batch).await)
 }
 
@@ -190,7 +191,9 @@ async fn respond(
         match tokio::time::timeout(app.config.sessions.json_wait, rx.recv()).await {
             Ok(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
             Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
-            Ok(Some(Frame::End | Frame::Closed(_)) | None) => return sse_response(sse::body(prefix, None, opts)),
+            Ok(Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_)) | None) => {
+                return sse_response(sse::body(prefix, None, opts))
+            }
             Err(_) => {}
         }
     }
@@ -224,7 +227,15 @@ async fn initialize(
     };
     let mut guard = Unpublished(Some(handle.clone()));
     let (tx, mut rx) = mpsc::channel(app.config.sessions.stream_queue);
-    handle.submit(vec![msg.clone()], Target::NewStream(Sink::new(tx, Delivery::Detach))).await?;
+    if let Err(e) = handle.submit(vec![msg.clone()], Target::NewStream(Sink::new(tx, Delivery::Detach))).await {
+        // The backend died before the session took the request.
+        let e = if e == GatewayError::UnknownSession {
+            EndReason::BackendClosed("backend exited".into()).error()
+        } else {
+            e
+        };
+        return Ok(in_band(&e, &id));
+    }
     let _ = handle.forward(std::slice::from_ref(&msg)).await;
     let mut before = Vec::new();
     let mut last = None;
@@ -235,7 +246,7 @@ async fn initialize(
                 break;
             }
             Frame::Event { id, data, .. } => before.push(sse::event(id, &data)),
-            Frame::End | Frame::Closed(_) => break,
+            Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_) => break,
         }
     }
     let Some((event_id, data)) = last else {

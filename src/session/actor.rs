@@ -211,26 +211,26 @@ impl Actor {
                 let id = EventId::parse(&text)
                     .filter(|id| self.streams.contains_key(&id.stream))
                     .ok_or(GatewayError::UnknownEventId(text))?;
-                (id.stream, id.seq, false)
+                (id.stream, id.seq, None)
             }
             Attach::Standalone => {
                 let stream = self.standalone_stream();
                 if self.streams[&stream].live() {
                     return Err(GatewayError::StreamConflict);
                 }
-                (stream, self.streams[&stream].delivered, false)
+                (stream, self.undelivered_from(stream), None)
             }
-            Attach::Connection { after } => {
+            Attach::Connection { after, preface } => {
                 let stream = self.standalone_stream();
                 let after = match after {
                     Some(text) => match EventId::parse(&text) {
                         Some(id) if id.stream == stream => id.seq,
                         _ => return Err(GatewayError::UnknownEventId(text)),
                     },
-                    None => self.streams[&stream].delivered,
+                    None => self.undelivered_from(stream),
                 };
                 self.away_since = None;
-                (stream, after, true)
+                (stream, after, Some(preface))
             }
         };
         let s = &self.streams[&stream];
@@ -239,16 +239,20 @@ impl Actor {
         }
         let replay = self.buffer.after(stream, after);
         let s = self.streams.get_mut(&stream).expect("checked above");
-        let (complete, resume_from) = (s.complete, s.next_seq);
+        let (complete, resume_from) = (s.complete, after);
         if !complete {
-            // A previous reader, if any, is dropped here: a WebSocket then closes with 1000.
-            s.sink = Some(sink);
+            if let Some(old) = s.sink.replace(sink) {
+                let _ = old.tx.try_send(Frame::Replaced);
+            }
             s.delivered = s.next_seq;
         }
         if self.stalled.as_ref().is_some_and(|st| st.stream == stream) {
             self.stalled = None;
         }
-        if through_sink {
+        if let Some(preface) = through_sink {
+            if let Some(message) = preface {
+                self.deliver(stream, Frame::Message(message));
+            }
             for (id, data) in replay {
                 self.deliver(stream, Frame::Event { id, data, last: false });
             }
@@ -325,12 +329,20 @@ impl Actor {
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
             let Some(p) = self.take_pending(&id) else { continue };
-            let _ = self.backend.try_send(cancelled_notification(&id, "request timed out at the gateway"));
+            if self.backend.try_send(cancelled_notification(&id, "request timed out at the gateway")).is_err() {
+                tracing::warn!(id = %id, "Could not tell the backend that a request timed out: its stdin queue is full.");
+            }
             let err = GatewayError::RequestTimeout(self.config.request_timeout);
             self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
         }
-        if self.streams.values().any(Stream::live) {
+        // Work in flight or a reader attached is activity: the idle deadline moves on, so the
+        // next wake-up is never in the past.
+        let live = self.streams.values().any(Stream::live);
+        if live || !self.pending.is_empty() {
             self.last_activity = now;
+        }
+        if live {
+            self.away_since = None;
         } else if self.away_since.is_some_and(|t| now >= t + self.config.resume_grace) {
             return Some(EndReason::GraceExpired);
         }
@@ -362,6 +374,13 @@ impl Actor {
         self.streams.clear();
     }
 
+    /// Where a reader that names no event id starts: after what was delivered, or after what
+    /// was evicted unseen (a gap it cannot ask for).
+    fn undelivered_from(&self, stream: u64) -> u64 {
+        let s = &self.streams[&stream];
+        s.delivered.max(s.evicted_through)
+    }
+
     fn new_stream(&mut self, persistent: bool) -> u64 {
         let id = self.next_stream;
         self.next_stream += 1;
@@ -383,7 +402,9 @@ impl Actor {
     fn take_pending(&mut self, id: &Id) -> Option<Pending> {
         let p = self.pending.remove(id)?;
         if let Some(t) = &p.token {
-            self.tokens.remove(t);
+            if self.tokens.get(t) == Some(id) {
+                self.tokens.remove(t);
+            }
         }
         self.in_flight.sub(1);
         Some(p)
@@ -412,8 +433,10 @@ impl Actor {
         self.emit(stream, data, last);
     }
 
+    /// A message that answers no request goes to the oldest stream still owed a response
+    /// that someone reads, else to the standalone stream (read now, or kept for the next reader).
     fn emit_unrelated(&mut self, data: Bytes) {
-        let owed = self.streams.iter().find(|(_, s)| s.owed > 0 && !s.complete).map(|(id, _)| *id);
+        let owed = self.streams.iter().find(|(_, s)| s.owed > 0 && !s.complete && s.live()).map(|(id, _)| *id);
         let target = owed.unwrap_or_else(|| self.standalone_stream());
         self.emit(target, data, false);
     }

@@ -35,6 +35,10 @@ pub enum Frame {
     End,
     /// The session ended; nothing more will come on any stream.
     Closed(EndReason),
+    /// Another reader took this stream over (a newer connection of the session).
+    Replaced,
+    /// A message outside the stream's numbering (the answer to a resuming `initialize`).
+    Message(Bytes),
 }
 
 /// What a session does when a reader's queue is full.
@@ -84,9 +88,10 @@ pub enum Attach {
     /// HTTP GET with `Last-Event-ID`: that stream, replacing its reader; events after the id
     /// are returned in [`Opened::replay`].
     After(String),
-    /// A WebSocket connection: the standalone stream, replacing any reader. Events after
-    /// `after` (or, without it, those never delivered) are replayed through the sink.
-    Connection { after: Option<String> },
+    /// A WebSocket connection: the standalone stream, replacing any reader. `preface` goes
+    /// first, then events after `after` (or, without it, those never delivered) are replayed
+    /// through the sink.
+    Connection { after: Option<String>, preface: Option<Bytes> },
 }
 
 /// Why a session ended.
@@ -435,6 +440,11 @@ impl Registry {
         let _ = handle.0.version.set(version.into());
         let _ = handle.0.initialize_result.set(initialize_result);
         self.sessions.insert(handle.0.id.clone(), handle.clone());
+        // The session task may have ended (backend gone) before the insert: it removed the id
+        // already, so take the stale entry out again.
+        if handle.0.commands.is_closed() {
+            self.sessions.remove(&handle.0.id);
+        }
     }
 
     /// Refuses new sessions from now on.

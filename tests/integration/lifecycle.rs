@@ -86,7 +86,11 @@ async fn each_route_has_its_own_sessions() {
     let mut config = crate::common::default_config();
     let backend = config.backends["example"].clone();
     config.backends.insert("other".into(), backend);
-    config.routes.push(mcp_edge::config::RouteConfig { path: "/other".into(), backend: "other".into() });
+    config.routes.push(mcp_edge::config::RouteConfig {
+        path: "/other".into(),
+        backend: "other".into(),
+        websocket: true,
+    });
     let gw = TestGateway::start(config).await;
     let mut a = gw.client();
     a.initialize("2025-06-18").await;

@@ -103,3 +103,26 @@ async fn the_gateway_closes_long_streams_with_retry_and_the_client_resumes() {
     let first = sse.next_within(T).await.unwrap();
     assert_eq!(first.json()["id"], 1, "no priming event, no retry: the response itself");
 }
+
+#[tokio::test]
+async fn a_get_after_unseen_messages_were_evicted_still_opens() {
+    let mut config = default_config();
+    config.sessions.replay_buffer_messages = 4;
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    // Six resource updates arrive while no stream is open; the buffer keeps the last four.
+    for _ in 0..6 {
+        c.request("resources/subscribe", json!({"uri": "test://watched-resource"})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let resp = c.get_stream(&[]).await;
+    assert_eq!(resp.status, http::StatusCode::OK, "no 410 for a reader that named no event");
+    let mut sse = resp.sse();
+    let mut got = 0;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), sse.next()).await {
+        assert_eq!(ev.json()["method"], "notifications/resources/updated");
+        got += 1;
+    }
+    assert_eq!(got, 4, "the buffered messages, none twice");
+}

@@ -132,3 +132,24 @@ async fn long_calls_get_sse_with_keep_alive_comments() {
     assert_eq!(done["id"], 2);
     assert!(sse.comments >= 3, "keep-alive comments while waiting: {}", sse.comments);
 }
+
+#[tokio::test]
+async fn server_requests_skip_a_stream_nobody_reads() {
+    let mut config = crate::common::default_config();
+    config.sessions.json_wait = Duration::from_millis(20);
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    // Call A is still in flight, but its client dropped the stream.
+    let a = c.post(&json!({"jsonrpc": "2.0", "id": "a", "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": 20000}}})).await;
+    drop(a.sse());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Call B needs sampling: the request must reach B's live stream, not A's dead one.
+    let b = c
+        .post(&json!({"jsonrpc": "2.0", "id": "b", "method": "tools/call",
+        "params": {"name": "test_sampling", "arguments": {"prompt": "p"}}}))
+        .await;
+    let mut sse = b.sse();
+    let ask = sse.next_within(T).await.expect("the sampling request on B's stream").json();
+    assert_eq!(ask["method"], "sampling/createMessage");
+}

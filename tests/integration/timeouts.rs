@@ -46,3 +46,27 @@ async fn a_cancelled_request_ends_its_stream_and_the_session_goes_on() {
     let pong = c.request("ping", json!({})).await;
     assert_eq!(pong["result"], json!({}));
 }
+
+/// CPU time this process has used (user + system), from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // After the command: state(0) … utime(11) stime(12), in clock ticks (100 per second).
+    Duration::from_millis((f[11] + f[12]) * 10)
+}
+
+#[tokio::test]
+async fn a_call_that_outlives_the_idle_timeout_neither_ends_the_session_nor_spins() {
+    let mut config = default_config();
+    config.sessions.idle_timeout = Duration::from_millis(100);
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    let before = cpu_time();
+    let answer = c.call_tool("sleep", json!({"ms": 1500})).await;
+    let used = cpu_time() - before;
+    assert_eq!(answer["result"]["content"][0]["text"], "slept 1500 ms");
+    // A session task waking in a loop would burn a core for the whole 1.5 s.
+    assert!(used < Duration::from_millis(600), "the gateway used {used:?} of CPU while waiting");
+}
