@@ -49,6 +49,14 @@ pub enum GatewayError {
     HostForbidden(String),
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    #[error("Bad Request: the client offers WebSocket subprotocols but not `mcp`")]
+    SubprotocolRequired,
+    #[error("Unsupported Data: send each JSON-RPC message as a text frame")]
+    BinaryFrame,
+    #[error("Message Too Big: over websocket.max_message_bytes ({0} bytes)")]
+    MessageTooLarge(usize),
+    #[error("Policy Violation: the client took no message for websocket.stall_timeout")]
+    SlowReader,
     #[error("Not Found: no route at this path")]
     NoRoute,
     #[error("Conflict: this session already has an open GET stream")]
@@ -89,6 +97,9 @@ impl GatewayError {
             TooManySessions(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             OriginForbidden(_) | HostForbidden(_) => StatusCode::FORBIDDEN,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            SubprotocolRequired => StatusCode::BAD_REQUEST,
+            // Faults of a WebSocket connection: they close it, they answer no HTTP request.
+            BinaryFrame | MessageTooLarge(_) | SlowReader => StatusCode::BAD_REQUEST,
             StreamConflict => StatusCode::CONFLICT,
             ReplayGap(_) => StatusCode::GONE,
             BackendUnavailable(_) | RequestTimeout(_) | SessionEnded(_) | DuplicateId(_) => StatusCode::OK,
@@ -109,6 +120,38 @@ impl GatewayError {
             // Requests the gateway refuses as malformed or not allowed.
             _ => code::INVALID_REQUEST,
         }
+    }
+
+    /// The close code of a WebSocket connection that this failure ends.
+    pub fn ws_close(&self) -> Option<u16> {
+        match self {
+            GatewayError::BinaryFrame => Some(1003),
+            GatewayError::SlowReader => Some(1008),
+            GatewayError::MessageTooLarge(_) => Some(1009),
+            _ => None,
+        }
+    }
+
+    /// Whether a WebSocket upgrade request can be refused with this (as an HTTP status).
+    fn applies_to_upgrade(&self) -> bool {
+        use GatewayError::*;
+        matches!(
+            self,
+            InvalidMessage(_)
+                | UnknownSession
+                | SessionGone(_)
+                | OriginForbidden(_)
+                | HostForbidden(_)
+                | NoRoute
+                | SubprotocolRequired
+                | ReplayGap(_)
+                | UnknownEventId(_)
+        )
+    }
+
+    /// Whether the failure exists only on a WebSocket connection (it closes it).
+    fn websocket_only(&self) -> bool {
+        self.ws_close().is_some()
     }
 
     /// Seconds for a `Retry-After` header, where retrying later can help.
@@ -158,6 +201,10 @@ impl GatewayError {
             OriginForbidden("https://evil.example".into()),
             HostForbidden("evil.example.com".into()),
             MethodNotAllowed,
+            SubprotocolRequired,
+            BinaryFrame,
+            MessageTooLarge(4 * 1024 * 1024),
+            SlowReader,
             NoRoute,
             StreamConflict,
             UnknownEventId("9-1".into()),
@@ -189,6 +236,10 @@ impl GatewayError {
             OriginForbidden(_) => "origin_forbidden",
             HostForbidden(_) => "host_forbidden",
             MethodNotAllowed => "method_not_allowed",
+            SubprotocolRequired => "subprotocol_required",
+            BinaryFrame => "binary_frame",
+            MessageTooLarge(_) => "message_too_large",
+            SlowReader => "slow_reader",
             NoRoute => "no_route",
             StreamConflict => "stream_conflict",
             UnknownEventId(_) => "unknown_event_id",
@@ -204,10 +255,18 @@ impl GatewayError {
     /// The Markdown table of `docs/errors.md`.
     pub fn markdown_table() -> String {
         let mut out = String::from(
-            "| error | HTTP status | JSON-RPC code | log level | example message |\n|---|---|---|---|---|\n",
+            "| error | HTTP status | WebSocket | JSON-RPC code | log level | example message |\n|---|---|---|---|---|---|\n",
         );
         for e in Self::catalog() {
-            let status = if e.status() == StatusCode::OK {
+            let ws = match (e.ws_close(), e.status()) {
+                (Some(code), _) => format!("close {code}"),
+                (None, StatusCode::OK) => "JSON-RPC error".to_string(),
+                (None, s) if e.applies_to_upgrade() => format!("{} before the upgrade", s.as_u16()),
+                (None, _) => "JSON-RPC error".to_string(),
+            };
+            let status = if e.websocket_only() {
+                "—".to_string()
+            } else if e.status() == StatusCode::OK {
                 "200, in-band (JSON-RPC error for that request)".to_string()
             } else {
                 let mut s = e.status().as_u16().to_string();
@@ -217,9 +276,10 @@ impl GatewayError {
                 s
             };
             out.push_str(&format!(
-                "| `{}` | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {} | {} | {} |\n",
                 e.name(),
                 status,
+                ws,
                 e.rpc_code(),
                 e.log_level().as_str().to_lowercase(),
                 e.to_string().replace('|', "\\|"),
@@ -237,7 +297,7 @@ mod tests {
     fn catalog_is_complete() {
         let names: std::collections::HashSet<_> = GatewayError::catalog().iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), GatewayError::catalog().len());
-        assert_eq!(names.len(), 24, "add new variants to catalog()");
+        assert_eq!(names.len(), 28, "add new variants to catalog()");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - [`jsonrpc`]: envelopes, ids, error bodies, bounded line framing.
 //! - [`error`]: every client-visible failure and how it is shown (one place).
 //! - [`session`]: registry, the per-session task that routes messages, replay buffer.
-//! - [`frontend`]: Streamable HTTP (POST/GET/DELETE, SSE), Origin/Host checks.
+//! - [`frontend`]: Streamable HTTP (POST/GET/DELETE, SSE), WebSocket, Origin/Host checks.
 //! - [`backend`]: stdio children (through a guard process).
 //! - [`server`]: listener and accept loop.
 //! - [`example`]: the built-in example MCP server (default backend, test fixture).
@@ -60,7 +60,8 @@ impl Gateway {
             config::Overrides { server: Some(config::ServerOverrides { listen: Some(addr) }), ..Default::default() };
         let config = config::load(&config::Source::BuiltIn, &overrides)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let routes = [("/mcp".to_string(), backend::Backend::Example)].into();
+        let route = frontend::Route { backend: backend::Backend::Example, websocket: true };
+        let routes = [("/mcp".to_string(), route)].into();
         let listener = TcpListener::bind(addr).await?;
         Ok(Gateway { app: App::with_routes(config, PathBuf::new(), routes), listener })
     }

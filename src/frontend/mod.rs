@@ -4,6 +4,7 @@
 pub mod guard;
 pub mod sse;
 pub mod streamable_http;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,13 +24,21 @@ use crate::session::Registry;
 /// Every response body the gateway sends.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// One endpoint path.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub backend: Backend,
+    /// WebSocket upgrades are accepted on this path.
+    pub websocket: bool,
+}
+
 /// What every request handler shares.
 pub struct App {
     pub config: Config,
     pub registry: Arc<Registry>,
     pub guard: guard::OriginGuard,
-    /// Route path → the backend that serves it.
-    pub routes: HashMap<String, Backend>,
+    /// Route path → what serves it.
+    pub routes: HashMap<String, Route>,
 }
 
 impl App {
@@ -37,13 +46,16 @@ impl App {
         let routes = config
             .routes
             .iter()
-            .map(|r| (r.path.clone(), Backend::from_config(&r.backend, &config.backends[&r.backend])))
+            .map(|r| {
+                let backend = Backend::from_config(&r.backend, &config.backends[&r.backend]);
+                (r.path.clone(), Route { backend, websocket: r.websocket })
+            })
             .collect();
         App::with_routes(config, self_exe, routes)
     }
 
     /// An app whose routes are given rather than built from the configuration.
-    pub fn with_routes(config: Config, self_exe: std::path::PathBuf, routes: HashMap<String, Backend>) -> Arc<App> {
+    pub fn with_routes(config: Config, self_exe: std::path::PathBuf, routes: HashMap<String, Route>) -> Arc<App> {
         Arc::new(App {
             registry: Registry::new(config.instance_id.clone(), config.sessions.clone(), self_exe),
             guard: guard::OriginGuard::new(&config.server),

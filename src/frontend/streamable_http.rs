@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
 use super::sse::{self, StreamOptions};
+use super::websocket;
 use super::{error_reply, json_response, App, Body};
 use crate::backend::Backend;
 use crate::error::GatewayError;
@@ -28,11 +29,17 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Serves one HTTP request on a route path.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let route = req.uri().path().to_owned();
-    let Some(backend) = app.routes.get(&route) else {
+    let Some(entry) = app.routes.get(&route) else {
         return error_reply(&GatewayError::NoRoute, None);
     };
     if let Err(e) = app.guard.check(req.headers(), req.uri().host()) {
         return error_reply(&e, None);
+    }
+    let backend = &entry.backend;
+    if entry.websocket && websocket::is_upgrade(&req) {
+        return websocket::accept(app.clone(), route, backend.clone(), req)
+            .await
+            .unwrap_or_else(|e| error_reply(&e, None));
     }
     let result = match *req.method() {
         Method::POST => post(&app, &route, backend, req).await,
