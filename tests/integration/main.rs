@@ -13,3 +13,5 @@ mod resume;
 mod routing;
 mod shutdown;
 mod timeouts;
+mod websocket;
+mod ws_resume;

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod process;
 pub mod procs;
+pub mod ws;
 
 use std::time::Duration;
 
