@@ -107,18 +107,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::ExampleServer { http } => runtime()
-            .block_on(async {
-                match http {
-                    None => mcp_edge::example::serve_stdio().await,
-                    Some(addr) => {
-                        init_logs(&config::LogConfig::default());
-                        mcp_edge::example::serve_http(addr, shutdown_signal()).await?;
-                    }
-                }
-                Ok::<_, anyhow::Error>(())
-            })
-            .map_or_else(report, |_| ExitCode::SUCCESS),
+        // One thread is plenty for one client on stdio, and many of these run at once.
+        Command::ExampleServer { http: None } => {
+            let rt =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime starts");
+            rt.block_on(mcp_edge::example::serve_stdio());
+            ExitCode::SUCCESS
+        }
+        Command::ExampleServer { http: Some(addr) } => {
+            init_logs(&config::LogConfig::default());
+            runtime()
+                .block_on(mcp_edge::example::serve_http(addr, shutdown_signal()))
+                .map_or_else(|e| report(e.into()), |_| ExitCode::SUCCESS)
+        }
         Command::Run { source, stdio, overrides } => {
             let source = Source::choose(source.config, stdio);
             let config = match config::load(&source, &overrides.into_overrides()) {
@@ -129,7 +130,18 @@ fn main() -> ExitCode {
                 }
             };
             init_logs(&config.log);
+            raise_fd_limit();
             runtime().block_on(run(config)).map_or_else(report, |_| ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Every connection and every stdio child costs descriptors: use all the system allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            tracing::debug!(from = soft, to = hard, "Raised the open-file limit.");
         }
     }
 }

@@ -31,6 +31,12 @@ use crate::jsonrpc::codec::{LineCodec, LineError};
 const STDERR_LINE: usize = 8 * 1024;
 /// Events queued from a child's stdout before its reader waits for the session.
 const EVENT_QUEUE: usize = 64;
+/// Initial pipe buffers. Idle sessions are the common case, so they start small; the stdout
+/// buffer grows for large messages (up to `max_line_bytes`), and writes larger than the stdin
+/// buffer go straight to the pipe.
+const STDOUT_BUFFER: usize = 1024;
+const STDIN_BUFFER: usize = 1024;
+const STDERR_CHUNK: usize = 512;
 
 /// Serializes spawns: while one spawn runs, the liveness pipe's read end is inheritable, and
 /// no other child may inherit it.
@@ -117,7 +123,7 @@ impl StdioBackend {
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let span = tracing::info_span!("backend", backend.name = %self.name, session.id = %ctx.session_id);
-        tracing::debug!(parent: &span, pid = ?pid, program = %program.display(), "Started a stdio child.");
+        tracing::debug!(parent: &span, pid = pid.map(|p| p.as_raw()).unwrap_or(0), program = %program.display(), "Started a stdio child.");
 
         let (tx, rx) = mpsc::channel(self.config.stdin_queue);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
@@ -167,7 +173,7 @@ fn describe(status: &ExitStatus) -> String {
 }
 
 async fn write_stdin(stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>, close: CancellationToken) {
-    let mut out = BufWriter::new(stdin);
+    let mut out = BufWriter::with_capacity(STDIN_BUFFER, stdin);
     loop {
         // Cancel-safe: `recv` loses nothing when the close branch wins.
         let first = tokio::select! {
@@ -190,7 +196,7 @@ async fn write_stdin(stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>, close: Ca
 }
 
 async fn read_stdout(stdout: impl AsyncRead + Unpin, max: usize, events: mpsc::Sender<Event>) {
-    let mut lines = FramedRead::new(stdout, LineCodec::new(max));
+    let mut lines = FramedRead::with_capacity(stdout, LineCodec::new(max), STDOUT_BUFFER);
     while let Some(line) = lines.next().await {
         match line {
             Ok(line) if line.iter().all(u8::is_ascii_whitespace) => {}
@@ -217,7 +223,7 @@ async fn read_stdout(stdout: impl AsyncRead + Unpin, max: usize, events: mpsc::S
 
 async fn log_stderr(mut stderr: impl AsyncRead + Unpin, span: tracing::Span) {
     let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; STDERR_CHUNK];
     loop {
         let n = match stderr.read(&mut buf).await {
             Ok(0) | Err(_) => break,
