@@ -70,3 +70,20 @@ async fn a_call_that_outlives_the_idle_timeout_neither_ends_the_session_nor_spin
     // A session task waking in a loop would burn a core for the whole 1.5 s.
     assert!(used < Duration::from_millis(600), "the gateway used {used:?} of CPU while waiting");
 }
+
+#[tokio::test]
+async fn progress_for_a_request_not_in_flight_is_dropped() {
+    let mut config = default_config();
+    let s = crate::common::stdio(&mut config);
+    s.command = "sh".into();
+    s.args = vec![concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/fixtures/ghost_progress.sh").into()];
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    let resp = c
+        .post(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "x", "arguments": {}}}))
+        .await;
+    // Had the stale progress been passed on, it would have come first, on an SSE stream.
+    assert_eq!(resp.content_type(), "application/json", "only the answer came");
+    assert_eq!(resp.json().await["id"], 5);
+}
