@@ -100,7 +100,12 @@ impl Gateway {
         app.registry.end_all().await;
 
         tracing::info!("Shutdown 4/4: closing connections.");
-        if tokio::time::timeout(CONNECTION_CLOSE_WAIT, connections).await.is_err() {
+        app.upgraded.close();
+        let closed = async {
+            let _ = connections.await;
+            app.upgraded.wait().await;
+        };
+        if tokio::time::timeout(CONNECTION_CLOSE_WAIT, closed).await.is_err() {
             tracing::warn!("Some connections did not close in time.");
         }
         tracing::info!("Shutdown complete.");

@@ -39,6 +39,9 @@ pub struct App {
     pub guard: guard::OriginGuard,
     /// Route path → what serves it.
     pub routes: HashMap<String, Route>,
+    /// Upgraded connections (hyper's graceful shutdown no longer sees them), awaited at the
+    /// end of a drain so their close frames go out.
+    pub upgraded: tokio_util::task::TaskTracker,
 }
 
 impl App {
@@ -60,6 +63,7 @@ impl App {
             registry: Registry::new(config.instance_id.clone(), config.sessions.clone(), self_exe),
             guard: guard::OriginGuard::new(&config.server),
             routes,
+            upgraded: tokio_util::task::TaskTracker::new(),
             config,
         })
     }

@@ -119,7 +119,7 @@ pub async fn accept(
 
     let upgrade = hyper::upgrade::on(&mut req);
     let config = socket_config(&app);
-    tokio::spawn(async move {
+    app.upgraded.spawn(async move {
         match upgrade.await {
             Ok(io) => {
                 let socket = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
@@ -225,6 +225,9 @@ struct Shared {
     /// The gateway let go of the session (it ended, or a newer connection took it over):
     /// closing this connection must not touch the session.
     released: bool,
+    /// The connection carries a session (which closes it with 1001 on shutdown, after the
+    /// errors of its pending requests).
+    bound: bool,
 }
 
 /// What the reader asks the writer to send.
@@ -263,6 +266,7 @@ impl Connection {
         let opened = session.open(Attach::Connection { after, preface }, self.sink()).await?;
         tracing::info!(session.id = session.id(), "A WebSocket connection resumed its session.");
         self.bound = Some((session, opened.stream));
+        self.shared().bound = true;
         Ok(())
     }
 
@@ -344,6 +348,7 @@ impl Connection {
         };
         if std::mem::take(&mut self.shared().failed) {
             self.bound = None;
+            self.shared().bound = false;
         }
         let body = match RpcBody::parse(&bytes) {
             Ok(b) => b,
@@ -418,10 +423,18 @@ impl Connection {
                 return Err(e);
             }
         };
-        self.shared().initializing = Some((id, session.clone()));
+        {
+            let mut sh = self.shared();
+            sh.initializing = Some((id, session.clone()));
+            sh.bound = true;
+        }
         self.bound = Some((session.clone(), stream));
         if let Err(e) = session.submit(vec![msg.clone()], Target::Stream(stream)).await {
-            self.shared().initializing = None;
+            {
+                let mut sh = self.shared();
+                sh.initializing = None;
+                sh.bound = false;
+            }
             self.bound = None;
             session.end(EndReason::InitializeFailed);
             return Err(e);
@@ -551,6 +564,7 @@ impl Writer {
         mut direct: mpsc::Receiver<Outgoing>,
     ) {
         let ws = &self.app.config.websocket;
+        let shutdown = self.app.registry.shutdown_signal();
         let mut ping = interval_at(Instant::now() + ws.ping_interval, ws.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let close: Option<(u16, String)> = loop {
@@ -585,6 +599,11 @@ impl Writer {
                     WsMessage::Ping(Bytes::new())
                 }
                 _ = self.done.cancelled() => break None,
+                // A connection with a session hears of shutdown from it (after its pending
+                // requests' errors); one without a session closes here.
+                _ = shutdown.cancelled(), if !self.is_bound() => {
+                    break Some((1001, "the gateway is shutting down".into()));
+                }
             };
             match tokio::time::timeout(ws.stall_timeout, sink.send(out)).await {
                 Ok(Ok(())) => {}
@@ -602,6 +621,10 @@ impl Writer {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
         self.done.cancel();
+    }
+
+    fn is_bound(&self) -> bool {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).bound
     }
 
     fn release(&self) {

@@ -447,6 +447,11 @@ impl Registry {
         }
     }
 
+    /// Cancelled when shutdown ends every session; connections without a session watch it.
+    pub fn shutdown_signal(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Refuses new sessions from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);

@@ -52,3 +52,16 @@ async fn calls_longer_than_the_grace_period_are_cut_with_an_error() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_1001_before_the_process_exits() {
+    use crate::common::ws::{connect, ws_url};
+    let mut gw = GatewayProcess::spawn(&[]);
+    let mut with_session = connect(&ws_url(&gw.url, "")).await;
+    with_session.initialize(None).await;
+    let mut without = connect(&ws_url(&gw.url, "")).await;
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(with_session.close_code().await, Some(1001));
+    assert_eq!(without.close_code().await, Some(1001));
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+}

@@ -131,11 +131,13 @@ async fn close_codes() {
     }
     assert!(ended, "a clean close ends the session");
 
-    // Shutdown: 1001.
+    // Shutdown: 1001, for connections with and without a session.
     let mut last = connect(&url).await;
     last.initialize(None).await;
+    let mut unbound = connect(&url).await;
     gw.stop().await;
     assert_eq!(last.close_code().await, Some(1001));
+    assert_eq!(unbound.close_code().await, Some(1001));
 }
 
 #[tokio::test]
