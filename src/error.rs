@@ -31,6 +31,8 @@ pub enum GatewayError {
     BodyTooLarge(usize),
     #[error("Bad Request: Mcp-Session-Id header is required")]
     MissingSession,
+    #[error("Bad Request: the sessionId query parameter is required")]
+    MissingSessionParam,
     #[error("Session not found")]
     UnknownSession,
     #[error("Session not found: it ended ({0})")]
@@ -47,8 +49,9 @@ pub enum GatewayError {
     OriginForbidden(String),
     #[error("Forbidden: Host `{0}` is not allowed (server.allowed_hosts)")]
     HostForbidden(String),
+    /// Carries the methods the path serves, for `Allow`.
     #[error("Method Not Allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     #[error("Bad Request: the client offers WebSocket subprotocols but not `mcp`")]
     SubprotocolRequired,
     #[error("Unsupported Data: send each JSON-RPC message as a text frame")]
@@ -69,6 +72,9 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("Backend unavailable: {0}")]
     BackendUnavailable(String),
+    /// A legacy SSE stream needs its backend before any request exists to fail in-band.
+    #[error("Bad Gateway: the backend could not be started: {0}")]
+    BackendStartFailed(String),
     #[error("Request timed out after {} ms without a response or progress", .0.as_millis())]
     RequestTimeout(Duration),
     #[error("Session ended: {0}")]
@@ -86,6 +92,7 @@ impl GatewayError {
             BadJson(_)
             | InvalidMessage(_)
             | MissingSession
+            | MissingSessionParam
             | UnsupportedVersion(_)
             | BatchNotAllowed
             | StatelessRequest
@@ -96,7 +103,8 @@ impl GatewayError {
             UnknownSession | SessionGone(_) | NoRoute => StatusCode::NOT_FOUND,
             TooManySessions(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             OriginForbidden(_) | HostForbidden(_) => StatusCode::FORBIDDEN,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            BackendStartFailed(_) => StatusCode::BAD_GATEWAY,
             SubprotocolRequired => StatusCode::BAD_REQUEST,
             // Faults of a WebSocket connection: they close it, they answer no HTTP request.
             BinaryFrame | MessageTooLarge(_) | SlowReader => StatusCode::BAD_REQUEST,
@@ -112,7 +120,7 @@ impl GatewayError {
         match self {
             BadJson(_) => code::PARSE_ERROR,
             UnknownSession | SessionGone(_) => code::SESSION_NOT_FOUND,
-            BackendUnavailable(_) => code::BACKEND_UNAVAILABLE,
+            BackendUnavailable(_) | BackendStartFailed(_) => code::BACKEND_UNAVAILABLE,
             RequestTimeout(_) => code::REQUEST_TIMEOUT,
             SessionEnded(_) | ShuttingDown => code::SESSION_ENDED,
             TooManySessions(_) => code::OVERLOADED,
@@ -162,10 +170,18 @@ impl GatewayError {
         }
     }
 
+    /// The `Allow` header of a 405.
+    pub fn allow(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::MethodNotAllowed(methods) => Some(methods),
+            _ => None,
+        }
+    }
+
     pub fn cause(&self) -> Cause {
         use GatewayError::*;
         match self {
-            BackendUnavailable(_) => Cause::Backend,
+            BackendUnavailable(_) | BackendStartFailed(_) => Cause::Backend,
             TooManySessions(_) | ShuttingDown | RequestTimeout(_) | SessionEnded(_) => Cause::Gateway,
             _ => Cause::Client,
         }
@@ -192,6 +208,7 @@ impl GatewayError {
             UnsupportedMediaType,
             BodyTooLarge(4 * 1024 * 1024),
             MissingSession,
+            MissingSessionParam,
             UnknownSession,
             SessionGone("idle timeout".into()),
             UnsupportedVersion("1999-01-01".into()),
@@ -200,7 +217,7 @@ impl GatewayError {
             TooManySessions(1000),
             OriginForbidden("https://evil.example".into()),
             HostForbidden("evil.example.com".into()),
-            MethodNotAllowed,
+            MethodNotAllowed("GET, POST, DELETE"),
             SubprotocolRequired,
             BinaryFrame,
             MessageTooLarge(4 * 1024 * 1024),
@@ -211,6 +228,7 @@ impl GatewayError {
             ReplayGap("1-7".into()),
             ShuttingDown,
             BackendUnavailable("backend exited (exit status 1)".into()),
+            BackendStartFailed("connection refused".into()),
             RequestTimeout(Duration::from_secs(600)),
             SessionEnded("deleted".into()),
             DuplicateId("7".into()),
@@ -227,6 +245,7 @@ impl GatewayError {
             UnsupportedMediaType => "unsupported_media_type",
             BodyTooLarge(_) => "body_too_large",
             MissingSession => "missing_session",
+            MissingSessionParam => "missing_session_param",
             UnknownSession => "unknown_session",
             SessionGone(_) => "session_gone",
             UnsupportedVersion(_) => "unsupported_version",
@@ -235,7 +254,7 @@ impl GatewayError {
             TooManySessions(_) => "too_many_sessions",
             OriginForbidden(_) => "origin_forbidden",
             HostForbidden(_) => "host_forbidden",
-            MethodNotAllowed => "method_not_allowed",
+            MethodNotAllowed(_) => "method_not_allowed",
             SubprotocolRequired => "subprotocol_required",
             BinaryFrame => "binary_frame",
             MessageTooLarge(_) => "message_too_large",
@@ -246,6 +265,7 @@ impl GatewayError {
             ReplayGap(_) => "replay_gap",
             ShuttingDown => "shutting_down",
             BackendUnavailable(_) => "backend_unavailable",
+            BackendStartFailed(_) => "backend_start_failed",
             RequestTimeout(_) => "request_timeout",
             SessionEnded(_) => "session_ended",
             DuplicateId(_) => "duplicate_id",
@@ -297,7 +317,7 @@ mod tests {
     fn catalog_is_complete() {
         let names: std::collections::HashSet<_> = GatewayError::catalog().iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), GatewayError::catalog().len());
-        assert_eq!(names.len(), 28, "add new variants to catalog()");
+        assert_eq!(names.len(), 30, "add new variants to catalog()");
     }
 
     #[test]

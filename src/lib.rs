@@ -7,7 +7,8 @@
 //! - [`jsonrpc`]: envelopes, ids, error bodies, bounded line framing.
 //! - [`error`]: every client-visible failure and how it is shown (one place).
 //! - [`session`]: registry, the per-session task that routes messages, replay buffer.
-//! - [`frontend`]: Streamable HTTP (POST/GET/DELETE, SSE), WebSocket, Origin/Host checks.
+//! - [`frontend`]: Streamable HTTP (POST/GET/DELETE, SSE), WebSocket, legacy HTTP+SSE,
+//!   Origin/Host checks.
 //! - [`backend`]: stdio children (through a guard process).
 //! - [`server`]: listener and accept loop.
 //! - [`example`]: the built-in example MCP server (default backend, test fixture).

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -15,7 +16,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::frontend::{streamable_http, App};
+use crate::frontend::{self, App};
+
+/// Lets a handler close the connection its request arrived on: the one way to cut off a client
+/// that stopped reading a streaming response, whose body hyper no longer polls. Every request
+/// carries one in its extensions.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionCut(CancellationToken);
+
+impl ConnectionCut {
+    /// Closes the connection at once, mid-response.
+    pub fn cut(&self) {
+        self.0.cancel();
+    }
+}
 
 /// Accepts until `stop` is cancelled; returns the watcher of the connections still open.
 pub async fn accept_loop(listener: TcpListener, app: Arc<App>, stop: CancellationToken) -> GracefulShutdown {
@@ -36,17 +50,24 @@ pub async fn accept_loop(listener: TcpListener, app: Arc<App>, stop: Cancellatio
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| {
+        let cut = ConnectionCut::default();
+        let cut_requested = cut.0.clone();
+        let service = service_fn(move |mut req: hyper::Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(streamable_http::handle(app, req).await) }
+            req.extensions_mut().insert(cut.clone());
+            async move { Ok::<_, std::convert::Infallible>(frontend::handle(app, req).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         let span = tracing::debug_span!("connection", client.addr = %addr);
         tokio::spawn(
             async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "A connection ended with an error.");
+                // Not cancel-safe, on purpose: a cut drops the connection, closing its socket.
+                tokio::select! {
+                    r = conn => if let Err(e) = r {
+                        tracing::debug!(error = %e, "A connection ended with an error.");
+                    },
+                    _ = cut_requested.cancelled() => tracing::debug!("Cut a connection whose client stopped reading."),
                 }
             }
             .instrument(span),

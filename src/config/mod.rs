@@ -35,6 +35,8 @@ pub struct Config {
     #[serde(default)]
     pub websocket: WebSocketConfig,
     #[serde(default)]
+    pub legacy_sse: LegacySseConfig,
+    #[serde(default)]
     pub log: LogConfig,
     /// Endpoint paths, each bound to a named backend.
     #[serde(default)]
@@ -164,6 +166,25 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// The legacy HTTP+SSE transport (2024-11-05), served on routes that set `sse_path`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LegacySseConfig {
+    /// Messages queued towards one event stream; when full, the session stops reading its
+    /// backend until the client catches up.
+    pub send_queue: usize,
+    /// A client that takes no message for this long while one waits is cut off, and its
+    /// session ends (legacy clients cannot resume).
+    #[serde(with = "duration")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for LegacySseConfig {
+    fn default() -> Self {
+        LegacySseConfig { send_queue: 64, stall_timeout: Duration::from_secs(30) }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -196,6 +217,13 @@ pub struct RouteConfig {
     /// plain Streamable HTTP.
     #[serde(default = "yes")]
     pub websocket: bool,
+    /// Legacy HTTP+SSE (2024-11-05): the path of the event stream (`GET`), e.g. `/sse`.
+    /// Set together with `messages_path`; absent, the route offers no legacy transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse_path: Option<String>,
+    /// Legacy HTTP+SSE: the path clients POST their messages to, e.g. `/messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_path: Option<String>,
 }
 
 fn yes() -> bool {
@@ -314,6 +342,7 @@ impl Config {
                 ));
             }
         }
+        self.check_legacy_paths()?;
         let nonzero = [
             ("server.max_body_bytes", self.server.max_body_bytes),
             ("sessions.max_sessions", self.sessions.max_sessions),
@@ -323,6 +352,7 @@ impl Config {
             ("websocket.max_message_bytes", self.websocket.max_message_bytes),
             ("websocket.send_queue", self.websocket.send_queue),
             ("websocket.read_buffer_bytes", self.websocket.read_buffer_bytes),
+            ("legacy_sse.send_queue", self.legacy_sse.send_queue),
         ];
         for (key, v) in nonzero {
             if v == 0 {
@@ -336,6 +366,7 @@ impl Config {
             ("websocket.stall_timeout", self.websocket.stall_timeout),
             ("websocket.ping_interval", self.websocket.ping_interval),
             ("websocket.pong_timeout", self.websocket.pong_timeout),
+            ("legacy_sse.stall_timeout", self.legacy_sse.stall_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be longer than 0s"));
@@ -354,6 +385,34 @@ impl Config {
                     if s.stdin_queue == 0 {
                         return Err(invalid(key("stdin_queue"), "must be greater than 0"));
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `sse_path` and `messages_path`: both or neither, and each a path no route or other
+    /// legacy endpoint uses.
+    fn check_legacy_paths(&self) -> Result<(), Invalid> {
+        let mut taken: std::collections::HashSet<&str> = self.routes.iter().map(|r| r.path.as_str()).collect();
+        for (i, r) in self.routes.iter().enumerate() {
+            let (sse, messages) = match (&r.sse_path, &r.messages_path) {
+                (None, None) => continue,
+                (Some(s), Some(m)) => (s, m),
+                (Some(_), None) => {
+                    return Err(invalid(format!("routes[{i}].messages_path"), "must be set with `sse_path`"))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(format!("routes[{i}].sse_path"), "must be set with `messages_path`"))
+                }
+            };
+            for (key, path) in [("sse_path", sse), ("messages_path", messages)] {
+                let key = format!("routes[{i}].{key}");
+                if !path.starts_with('/') || path.contains(['?', '#']) || !path.chars().all(|c| c.is_ascii_graphic()) {
+                    return Err(invalid(key, "must be a path starting with `/`, of visible ASCII without `?` or `#`"));
+                }
+                if !taken.insert(path) {
+                    return Err(invalid(key, format!("`{path}` is already used by a route or a legacy endpoint")));
                 }
             }
         }
@@ -382,6 +441,8 @@ mod tests {
         assert_eq!(c.sessions, SessionConfig::default());
         assert_eq!(c.log, LogConfig::default());
         assert_eq!(c.websocket, WebSocketConfig::default());
+        assert_eq!(c.legacy_sse, LegacySseConfig::default());
+        assert!(c.routes.iter().all(|r| r.sse_path.is_none() && r.messages_path.is_none()));
         assert!(c.routes.iter().all(|r| r.websocket));
         let BackendConfig::Stdio(s) = &c.backends["example"];
         assert_eq!(s.command, SELF_EXE);
@@ -410,6 +471,8 @@ mod tests {
         let BackendConfig::Stdio(s) = c.backends.get_mut("example").unwrap();
         s.cwd = Some("/".into());
         s.env.insert("K".into(), Secret("v".into()));
+        c.routes[0].sse_path = Some("/sse".into());
+        c.routes[0].messages_path = Some("/messages".into());
         let value = toml::Value::try_from(&c).unwrap();
         let mut all = Vec::new();
         keys("", &value, &mut all);
@@ -422,6 +485,24 @@ mod tests {
             assert!(DEFAULT_TOML.contains(key.as_str()), "gateway.toml does not mention `{key}`");
         }
         assert!(all.len() > 25, "walked the whole configuration");
+    }
+
+    #[test]
+    fn legacy_paths_come_in_pairs_of_their_own() {
+        let with = |sse: Option<&str>, messages: Option<&str>| {
+            let mut c = shipped();
+            c.routes[0].sse_path = sse.map(Into::into);
+            c.routes[0].messages_path = messages.map(Into::into);
+            c.validate().map_err(|e| e.key)
+        };
+        assert_eq!(with(Some("/sse"), Some("/messages")), Ok(()));
+        assert_eq!(with(Some("/sse"), None), Err("routes[0].messages_path".into()));
+        assert_eq!(with(None, Some("/messages")), Err("routes[0].sse_path".into()));
+        assert_eq!(with(Some("sse"), Some("/messages")), Err("routes[0].sse_path".into()));
+        assert_eq!(with(Some("/sse"), Some("/mcp")), Err("routes[0].messages_path".into()));
+        assert_eq!(with(Some("/sse"), Some("/sse")), Err("routes[0].messages_path".into()));
+        assert_eq!(with(Some("/sse"), Some("/m?x=1")), Err("routes[0].messages_path".into()));
+        assert_eq!(with(Some("/sse"), Some("/m\ndata: x")), Err("routes[0].messages_path".into()));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Frontends: the HTTP face of each route. They turn requests into JSON-RPC messages for a
 //! session and session frames into responses; they decide nothing about where a message goes.
+//! [`handle`] picks the frontend of a request by its path.
 
 pub mod guard;
+pub mod legacy_sse;
 pub mod sse;
 pub mod streamable_http;
 pub mod websocket;
@@ -11,9 +13,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
 
 use crate::backend::Backend;
 use crate::config::Config;
@@ -39,6 +42,10 @@ pub struct App {
     pub guard: guard::OriginGuard,
     /// Route path → what serves it.
     pub routes: HashMap<String, Route>,
+    /// Legacy HTTP+SSE paths (`sse_path`, `messages_path`) → what they serve.
+    pub legacy_paths: HashMap<String, legacy_sse::Endpoint>,
+    /// The open legacy event streams.
+    pub legacy: legacy_sse::Streams,
     /// Upgraded connections (hyper's graceful shutdown no longer sees them), awaited at the
     /// end of a drain so their close frames go out.
     pub upgraded: tokio_util::task::TaskTracker,
@@ -62,10 +69,29 @@ impl App {
         Arc::new(App {
             registry: Registry::new(config.instance_id.clone(), config.sessions.clone(), self_exe),
             guard: guard::OriginGuard::new(&config.server),
+            legacy_paths: legacy_sse::endpoints(&config.routes, &routes),
+            legacy: legacy_sse::Streams::default(),
             routes,
             upgraded: tokio_util::task::TaskTracker::new(),
             config,
         })
+    }
+}
+
+/// Serves one HTTP request: finds what serves its path, checks Origin and Host, and hands the
+/// request to that frontend.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let legacy = app.legacy_paths.get(path).cloned();
+    if legacy.is_none() && !app.routes.contains_key(path) {
+        return error_reply(&GatewayError::NoRoute, None);
+    }
+    if let Err(e) = app.guard.check(req.headers(), req.uri().host()) {
+        return error_reply(&e, None);
+    }
+    match legacy {
+        Some(endpoint) => legacy_sse::handle(app, endpoint, req).await,
+        None => streamable_http::handle(app, req).await,
     }
 }
 
@@ -91,8 +117,8 @@ pub fn error_reply(err: &GatewayError, id: Option<&Id>) -> Response<Body> {
     if let Some(secs) = err.retry_after() {
         r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if *err == GatewayError::MethodNotAllowed {
-        r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+    if let Some(methods) = err.allow() {
+        r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(methods));
     }
     r
 }

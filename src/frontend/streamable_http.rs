@@ -26,15 +26,12 @@ use crate::session::{Attach, Delivery, EndReason, Frame, Opened, SessionHandle, 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
-/// Serves one HTTP request on a route path.
+/// Serves one HTTP request on a route path (Origin and Host already checked).
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let route = req.uri().path().to_owned();
     let Some(entry) = app.routes.get(&route) else {
         return error_reply(&GatewayError::NoRoute, None);
     };
-    if let Err(e) = app.guard.check(req.headers(), req.uri().host()) {
-        return error_reply(&e, None);
-    }
     let backend = &entry.backend;
     if entry.websocket && websocket::is_upgrade(&req) {
         return websocket::accept(app.clone(), route, backend.clone(), req)
@@ -45,13 +42,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Method::POST => post(&app, &route, backend, req).await,
         Method::GET => get(&app, &route, req).await,
         Method::DELETE => delete(&app, &route, req.headers()),
-        _ => Err(GatewayError::MethodNotAllowed),
+        _ => Err(GatewayError::MethodNotAllowed("GET, POST, DELETE")),
     };
     result.unwrap_or_else(|e| error_reply(&e, None))
 }
 
 /// Whether an Accept header admits `mime` (exactly, or by a wildcard).
-fn accepts(headers: &HeaderMap, mime: &str) -> bool {
+pub(super) fn accepts(headers: &HeaderMap, mime: &str) -> bool {
     let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
     headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
         v.split(',')
@@ -76,7 +73,22 @@ fn session(app: &App, route: &str, headers: &HeaderMap) -> Result<SessionHandle,
     Ok(session)
 }
 
-async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, GatewayError> {
+/// Whether the Content-Type is `application/json` (parameters aside).
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
+    header(headers, "content-type")
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A JSON-RPC body, or the 400 that says what is wrong with it.
+pub(super) fn parse_body(bytes: &Bytes) -> Result<RpcBody, GatewayError> {
+    RpcBody::parse(bytes).map_err(|e| match e {
+        ParseError::Json(_) => GatewayError::BadJson(e.to_string()),
+        ParseError::Invalid(why) => GatewayError::InvalidMessage(why.into()),
+    })
+}
+
+pub(super) async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, GatewayError> {
     let limit = app.config.server.max_body_bytes;
     let too_large = GatewayError::BodyTooLarge(limit);
     let declared = header(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
@@ -100,17 +112,10 @@ async fn post(
     if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
         return Err(GatewayError::NotAcceptable("Accept must list application/json and text/event-stream"));
     }
-    let json = header(&headers, "content-type")
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
+    if !is_json(&headers) {
         return Err(GatewayError::UnsupportedMediaType);
     }
-    let bytes = read_body(app, req).await?;
-    let body = RpcBody::parse(&bytes).map_err(|e| match e {
-        ParseError::Json(_) => GatewayError::BadJson(e.to_string()),
-        ParseError::Invalid(why) => GatewayError::InvalidMessage(why.into()),
-    })?;
+    let body = parse_body(&read_body(app, req).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
     let msgs = body.into_messages();
     if protocol::classify(header(&headers, VERSION_HEADER), &msgs[0]) == Era::Stateless {
@@ -152,7 +157,7 @@ async fn post(
     Ok(respond(app, &version, opened, rx, batch).await)
 }
 
-fn status_only(status: StatusCode) -> Response<Body> {
+pub(super) fn status_only(status: StatusCode) -> Response<Body> {
     let mut r = Response::new(super::empty());
     *r.status_mut() = status;
     r
@@ -170,7 +175,7 @@ fn stream_options(app: &App, version: &str) -> StreamOptions {
     StreamOptions { keepalive: s.sse_keepalive, close_after: close.then_some((s.sse_close_after, s.sse_retry)) }
 }
 
-fn sse_response(body: Body) -> Response<Body> {
+pub(super) fn sse_response(body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -102,8 +102,10 @@ pub enum EndReason {
     InitializeFailed,
     BackendClosed(String),
     Shutdown,
-    /// The client closed its WebSocket connection with a close frame.
+    /// The client closed its WebSocket connection with a close frame, or its legacy SSE stream.
     ClientClosed,
+    /// The client of a legacy SSE stream took no message for `legacy_sse.stall_timeout`.
+    Stalled,
     /// The client's WebSocket dropped and it did not come back within `resume_grace`.
     GraceExpired,
     /// The client was away and the replay buffer lost messages it had not seen.
@@ -120,6 +122,7 @@ impl EndReason {
             EndReason::BackendClosed(why) => why.clone(),
             EndReason::Shutdown => "the gateway is shutting down".into(),
             EndReason::ClientClosed => "the client closed its connection".into(),
+            EndReason::Stalled => "the client took no message for legacy_sse.stall_timeout".into(),
             EndReason::GraceExpired => "the client did not reconnect within sessions.resume_grace".into(),
             EndReason::ReplayOverflow => {
                 "the replay buffer overflowed while the client was away (sessions.replay_buffer_*)".into()

@@ -90,6 +90,8 @@ async fn each_route_has_its_own_sessions() {
         path: "/other".into(),
         backend: "other".into(),
         websocket: true,
+        sse_path: None,
+        messages_path: None,
     });
     let gw = TestGateway::start(config).await;
     let mut a = gw.client();
