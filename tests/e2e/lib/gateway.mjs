@@ -2,14 +2,16 @@
 //
 //   const gw = await startGateway();            // fronts server-everything over stdio
 //   const gw = await startGateway({ stdio });   // or any other stdio command line
+//   const gw = await startGateway({ config });  // or a configuration file (--config)
 //   ... gw.url (http://127.0.0.1:PORT/mcp), gw.logs (stderr lines), gw.dumpLogs()
 //   await gw.stop();                            // SIGTERM, then await the exit
 //
 // The binary is $EDGE_TEST_BIN, else <repo>/target/debug/mcp-edge. Nothing is built here.
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -40,12 +42,26 @@ export function everythingStdioCommand() {
   return [process.execPath, EVERYTHING_ENTRY, 'stdio'].map(shellQuote).join(' ');
 }
 
+/** Writes `toml` to a fresh temporary directory; returns the file's path. */
+export function writeConfig(toml) {
+  const dir = mkdtempSync(join(tmpdir(), 'mcp-edge-e2e-'));
+  const path = join(dir, 'gateway.toml');
+  writeFileSync(path, toml);
+  return path;
+}
+
+/** A TOML string literal (JSON's escapes are TOML's). */
+export function tomlString(s) {
+  return JSON.stringify(String(s));
+}
+
 /**
- * Starts `mcp-edge run --listen 127.0.0.1:0 --log-format json --stdio <stdio>` and waits for
- * its "Listening." log line.
+ * Starts `mcp-edge run --listen 127.0.0.1:0 --log-format json --stdio <stdio>` (or
+ * `--config <config>`) and waits for its "Listening." log line.
  *
  * @param {object} [opts]
  * @param {string} [opts.stdio] the backend command line (default: server-everything)
+ * @param {string} [opts.config] a configuration file to run instead of quick mode
  * @param {string[]} [opts.extraArgs] more arguments for `mcp-edge run`
  * @param {object} [opts.env] environment of the gateway (default: process.env; MCP_EDGE_*
  *   variables in it are gateway configuration)
@@ -56,6 +72,7 @@ export function everythingStdioCommand() {
 export async function startGateway(opts = {}) {
   const {
     stdio = everythingStdioCommand(),
+    config,
     extraArgs = [],
     env = process.env,
     startTimeoutMs = 15_000,
@@ -66,7 +83,8 @@ export async function startGateway(opts = {}) {
   if (!existsSync(bin)) {
     throw new Error(`mcp-edge binary not found at ${bin} (set EDGE_TEST_BIN or build it first)`);
   }
-  const args = ['run', '--listen', '127.0.0.1:0', '--log-format', 'json', '--stdio', stdio, ...extraArgs];
+  const source = config ? ['--config', config] : ['--stdio', stdio];
+  const args = ['run', '--listen', '127.0.0.1:0', '--log-format', 'json', ...source, ...extraArgs];
   const child = spawn(bin, args, { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
 
   /** Every stderr line, as text, in order. */
