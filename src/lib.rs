@@ -9,7 +9,9 @@
 //! - [`session`]: registry, the per-session task that routes messages, replay buffer.
 //! - [`frontend`]: Streamable HTTP (POST/GET/DELETE, SSE), WebSocket, legacy HTTP+SSE,
 //!   Origin/Host checks.
-//! - [`backend`]: stdio children (through a guard process).
+//! - [`backend`]: stdio children (through a guard process), Streamable HTTP and legacy SSE
+//!   upstreams.
+//! - [`retry`]: the one backoff policy of every outbound path.
 //! - [`server`]: listener and accept loop.
 //! - [`example`]: the built-in example MCP server (default backend, test fixture).
 //!
@@ -23,6 +25,7 @@ pub mod example;
 pub mod frontend;
 pub mod jsonrpc;
 pub mod protocol;
+pub mod retry;
 pub mod server;
 pub mod session;
 
@@ -47,12 +50,18 @@ pub struct Gateway {
     listener: TcpListener,
 }
 
+fn config_listen(app: &App) -> SocketAddr {
+    app.config.server.listen
+}
+
 impl Gateway {
     /// Binds the configured listener (port 0 picks a free port; see [`Gateway::local_addr`]).
     /// `self_exe` is the mcp-edge executable, used for `{self}` commands and the guard.
     pub async fn bind(config: Config, self_exe: PathBuf) -> std::io::Result<Gateway> {
-        let listener = TcpListener::bind(config.server.listen).await?;
-        Ok(Gateway { app: App::new(config, self_exe), listener })
+        let app = App::new(config, self_exe)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let listener = TcpListener::bind(config_listen(&app)).await?;
+        Ok(Gateway { app, listener })
     }
 
     /// The example server served in-process at `addr/mcp` (no child, no pipe).

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mcp_edge::config::{self, LogFormat, LogOverrides, Overrides, ServerOverrides, Source};
+use mcp_edge::config::{self, LogFormat, LogOverrides, Overrides, ServerOverrides, Source, UpstreamKind};
 
-/// The front door for MCP servers: Streamable HTTP in, stdio MCP servers behind.
+/// The front door for MCP servers: Streamable HTTP and WebSocket in; stdio, Streamable HTTP and
+/// legacy SSE MCP servers behind.
 #[derive(Parser)]
 #[command(name = "mcp-edge", version, about, long_about = None)]
 struct Cli {
@@ -18,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the gateway. Without --config or --stdio it reads ./gateway.toml, or, when that
+    /// Start the gateway. Without --config, --stdio or --upstream it reads ./gateway.toml, or, when that
     /// file does not exist, the built-in default (the shipped gateway.toml), which serves the
     /// example server at http://127.0.0.1:8080/mcp.
     Run {
@@ -26,8 +27,16 @@ enum Command {
         source: SourceArgs,
         /// Quick mode: serve this command at /mcp, one child per session (split like a shell
         /// splits words, without running a shell). No file is read.
-        #[arg(long, value_name = "COMMAND", conflicts_with = "config")]
+        #[arg(long, value_name = "COMMAND", conflicts_with_all = ["config", "upstream"])]
         stdio: Option<String>,
+        /// Quick mode: serve this MCP server URL at /mcp, one upstream session per gateway
+        /// session. No file is read.
+        #[arg(long, value_name = "URL", conflicts_with = "config")]
+        upstream: Option<String>,
+        /// How the --upstream speaks: `auto` tries Streamable HTTP and falls back to legacy
+        /// HTTP+SSE the way the spec's clients do.
+        #[arg(long, value_enum, default_value = "auto", requires = "upstream")]
+        upstream_kind: UpstreamKind,
         #[command(flatten)]
         overrides: OverrideArgs,
     },
@@ -98,6 +107,14 @@ fn main() -> ExitCode {
             let source = Source::choose(source.config, None);
             match config::load(&source, &overrides.into_overrides()) {
                 Ok(c) => {
+                    // A backend that cannot be set up (an unset variable, a bad certificate)
+                    // fails here, naming its key, rather than at the first session.
+                    for (name, b) in &c.backends {
+                        if let Err(e) = mcp_edge::backend::Backend::from_config(name, b) {
+                            eprintln!("mcp-edge: invalid configuration: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
                     print!("{}", c.to_toml());
                     ExitCode::SUCCESS
                 }
@@ -120,8 +137,8 @@ fn main() -> ExitCode {
                 .block_on(mcp_edge::example::serve_http(addr, shutdown_signal()))
                 .map_or_else(|e| report(e.into()), |_| ExitCode::SUCCESS)
         }
-        Command::Run { source, stdio, overrides } => {
-            let source = Source::choose(source.config, stdio);
+        Command::Run { source, stdio, upstream, upstream_kind, overrides } => {
+            let source = Source::choose_with(source.config, stdio, upstream, upstream_kind);
             let config = match config::load(&source, &overrides.into_overrides()) {
                 Ok(c) => c,
                 Err(e) => {

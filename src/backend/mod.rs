@@ -4,8 +4,12 @@
 //! a bounded sender of outgoing messages, a receiver of [`Event`]s, and a [`Stopper`] that
 //! ends the server politely and then surely. Must not know about sessions or frontends.
 
+pub mod event_stream;
 pub mod guard;
+pub mod http;
+pub mod legacy_sse;
 pub mod stdio;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +26,9 @@ pub enum Event {
     Message(Bytes),
     /// The server is gone or broke the protocol; nothing more will arrive.
     Closed(String),
+    /// The server forgot this client's session and it could not be restored: the client
+    /// must initialize again.
+    SessionLost(String),
 }
 
 /// Facts a backend needs from the gateway to start a server.
@@ -45,7 +52,9 @@ pub struct Connection {
 /// Ends a connection's server; see each backend for the sequence.
 pub enum Stopper {
     Stdio(stdio::StdioStopper),
-    /// In-process servers: their tasks.
+    /// A Streamable HTTP upstream: its tasks, then DELETE of the upstream session.
+    Upstream(http::UpstreamStopper),
+    /// In-process servers and legacy SSE upstreams: their tasks.
     Tasks(Vec<tokio::task::AbortHandle>),
 }
 
@@ -54,6 +63,7 @@ impl Stopper {
     pub async fn stop(self) {
         match self {
             Stopper::Stdio(s) => s.stop().await,
+            Stopper::Upstream(s) => s.stop().await,
             Stopper::Tasks(tasks) => tasks.iter().for_each(|t| t.abort()),
         }
     }
@@ -63,6 +73,8 @@ impl Stopper {
 #[derive(Clone, Debug)]
 pub enum Backend {
     Stdio(Arc<stdio::StdioBackend>),
+    Http(Arc<http::HttpBackend>),
+    Sse(Arc<legacy_sse::SseBackend>),
     /// The built-in example server, in-process (`example-server --http`).
     Example,
 }
@@ -73,15 +85,24 @@ pub enum Backend {
 pub struct ConnectError(pub String);
 
 impl Backend {
-    pub fn from_config(name: &str, config: &BackendConfig) -> Backend {
-        match config {
+    /// A backend ready to connect; fails when the configuration names what cannot be had
+    /// (an unset environment variable, an unreadable certificate).
+    pub fn from_config(name: &str, config: &BackendConfig) -> Result<Backend, ConnectError> {
+        let upstream = |c: &crate::config::UpstreamConfig| {
+            upstream::Upstream::new(name, c.clone()).map_err(|e| ConnectError(format!("backends.{name}.{e}")))
+        };
+        Ok(match config {
             BackendConfig::Stdio(c) => Backend::Stdio(Arc::new(stdio::StdioBackend::new(name, c.clone()))),
-        }
+            BackendConfig::Http(c) => Backend::Http(Arc::new(http::HttpBackend::new(upstream(c)?))),
+            BackendConfig::Sse(c) => Backend::Sse(Arc::new(legacy_sse::SseBackend::new(upstream(c)?))),
+        })
     }
 
     pub fn name(&self) -> &str {
         match self {
             Backend::Stdio(b) => b.name(),
+            Backend::Http(b) => b.name(),
+            Backend::Sse(b) => b.name(),
             Backend::Example => "example",
         }
     }
@@ -90,6 +111,8 @@ impl Backend {
     pub async fn connect(&self, ctx: &Context) -> Result<Connection, ConnectError> {
         match self {
             Backend::Stdio(b) => b.spawn(ctx),
+            Backend::Http(b) => Ok(b.connect(ctx)),
+            Backend::Sse(b) => Ok(b.connect(ctx)),
             Backend::Example => Ok(crate::example::connect()),
         }
     }

@@ -17,6 +17,19 @@ pub enum Source {
     BuiltIn,
     /// Quick mode: one stdio command served at `/mcp`, no file read.
     QuickStdio(String),
+    /// Quick mode: one HTTP upstream served at `/mcp`, no file read.
+    QuickUpstream { url: String, kind: UpstreamKind },
+}
+
+/// How a quick-mode upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamKind {
+    /// Streamable HTTP, falling back to legacy HTTP+SSE when the upstream refuses it.
+    Auto,
+    /// Streamable HTTP only.
+    Http,
+    /// Legacy HTTP+SSE (2024-11-05): the URL is the SSE endpoint.
+    Sse,
 }
 
 /// Command-line flags; each set flag overrides every other layer.
@@ -59,7 +72,7 @@ fn origin(source: &Source) -> String {
     match source {
         Source::File(p) => p.display().to_string(),
         Source::BuiltIn => "built-in gateway.toml".into(),
-        Source::QuickStdio(_) => "quick mode".into(),
+        Source::QuickStdio(_) | Source::QuickUpstream { .. } => "quick mode".into(),
     }
 }
 
@@ -69,6 +82,7 @@ pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, LoadError>
         Source::File(path) => Figment::from(Toml::file_exact(path)),
         Source::BuiltIn => Figment::from(Toml::string(DEFAULT_TOML)),
         Source::QuickStdio(command) => Figment::from(Serialized::defaults(quick(command)?)),
+        Source::QuickUpstream { url, kind } => Figment::from(Serialized::defaults(quick_upstream(url, *kind))),
     };
     let figment = base.merge(Env::prefixed("MCP_EDGE_").split("__")).merge(Serialized::defaults(overrides));
     let config: Config =
@@ -97,24 +111,50 @@ fn quick(command: &str) -> Result<toml::Value, LoadError> {
     backend.insert("kind".into(), "stdio".into());
     backend.insert("command".into(), program.clone().into());
     backend.insert("args".into(), toml::Value::Array(args.iter().cloned().map(Into::into).collect()));
+    Ok(one_route("stdio", backend))
+}
+
+fn quick_upstream(url: &str, kind: UpstreamKind) -> toml::Value {
+    let mut backend = toml::map::Map::new();
+    backend.insert("kind".into(), if kind == UpstreamKind::Sse { "sse" } else { "http" }.into());
+    backend.insert("url".into(), url.into());
+    if kind == UpstreamKind::Auto {
+        backend.insert("sse_fallback".into(), true.into());
+    }
+    one_route("upstream", backend)
+}
+
+/// A configuration of one route, `/mcp`, served by one backend.
+fn one_route(name: &str, backend: toml::map::Map<String, toml::Value>) -> toml::Value {
     let mut route = toml::map::Map::new();
     route.insert("path".into(), "/mcp".into());
-    route.insert("backend".into(), "stdio".into());
+    route.insert("backend".into(), name.into());
     let mut backends = toml::map::Map::new();
-    backends.insert("stdio".into(), backend.into());
+    backends.insert(name.into(), backend.into());
     let mut root = toml::map::Map::new();
     root.insert("routes".into(), toml::Value::Array(vec![route.into()]));
     root.insert("backends".into(), backends.into());
-    Ok(root.into())
+    root.into()
 }
 
 impl Source {
     /// Resolves what the CLI was given: `--config`, quick mode, `./gateway.toml`, or built-in.
     pub fn choose(config: Option<PathBuf>, stdio: Option<String>) -> Source {
-        match (config, stdio) {
-            (Some(path), _) => Source::File(path),
-            (None, Some(cmd)) => Source::QuickStdio(cmd),
-            (None, None) => default_source(),
+        Source::choose_with(config, stdio, None, UpstreamKind::Auto)
+    }
+
+    /// As [`Source::choose`], with quick mode's `--upstream` too.
+    pub fn choose_with(
+        config: Option<PathBuf>,
+        stdio: Option<String>,
+        upstream: Option<String>,
+        kind: UpstreamKind,
+    ) -> Source {
+        match (config, stdio, upstream) {
+            (Some(path), _, _) => Source::File(path),
+            (None, Some(cmd), _) => Source::QuickStdio(cmd),
+            (None, None, Some(url)) => Source::QuickUpstream { url, kind },
+            (None, None, None) => default_source(),
         }
     }
 }

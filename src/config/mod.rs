@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{load, LoadError, LogOverrides, Overrides, ServerOverrides, Source};
+pub use load::{load, LoadError, LogOverrides, Overrides, ServerOverrides, Source, UpstreamKind};
 
 /// The shipped `gateway.toml`: the configuration used when no file is given or found.
 pub const DEFAULT_TOML: &str = include_str!("../../gateway.toml");
@@ -235,6 +235,64 @@ fn yes() -> bool {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BackendConfig {
     Stdio(StdioConfig),
+    /// A Streamable HTTP upstream (the gateway is its MCP client).
+    Http(UpstreamConfig),
+    /// A legacy HTTP+SSE (2024-11-05) upstream: `url` is its SSE endpoint.
+    Sse(UpstreamConfig),
+}
+
+/// An MCP server reached over HTTP.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The upstream's MCP endpoint (`http://` or `https://`).
+    pub url: String,
+    /// Extra request headers: the gateway's own upstream credentials. A value is either a
+    /// string (a secret, printed as `***`) or `{ env = "VAR" }`, read from the gateway's
+    /// environment at start.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderValueSource>,
+    /// Longest wait for a TCP (and TLS) connection; connect errors are retried within it.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Largest upstream response body or SSE event accepted.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_message_bytes: usize,
+    /// `http` only: when the upstream refuses a POSTed `initialize` with 400, 404 or 405,
+    /// try the legacy HTTP+SSE transport at the same URL (the spec's client fallback).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sse_fallback: bool,
+    /// Each wait while ending a session upstream (DELETE) and for a broken stream's resume.
+    #[serde(default = "default_stop_wait", with = "duration")]
+    pub stop_wait: Duration,
+    /// Messages queued towards the upstream before senders wait.
+    #[serde(default = "default_stdin_queue")]
+    pub send_queue: usize,
+    #[serde(default)]
+    pub tls: TlsClientConfig,
+}
+
+/// Where an upstream header's value comes from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum HeaderValueSource {
+    Value(Secret),
+    Env { env: String },
+}
+
+/// TLS towards an upstream: the system's roots, plus an extra CA, plus a client certificate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsClientConfig {
+    /// PEM file of extra CA certificates trusted besides the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to the upstream (with `client_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -293,6 +351,9 @@ fn default_stop_wait() -> Duration {
 fn default_stdin_queue() -> usize {
     64
 }
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 /// The host name with every character an id may not hold (`.`, and anything outside
 /// visible ASCII) replaced by `-`.
@@ -316,6 +377,53 @@ pub struct Invalid {
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
     Invalid { key: key.into(), reason: reason.into() }
+}
+
+impl UpstreamConfig {
+    fn validate(&self, at: &str) -> Result<(), Invalid> {
+        let key = |k: &str| format!("{at}.{k}");
+        let uri: http::Uri = self.url.parse().map_err(|e| invalid(key("url"), format!("not a URL: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(invalid(key("url"), "must be an http:// or https:// URL with a host"));
+        }
+        for (name, value) in &self.headers {
+            let name_key = key(&format!("headers.{name}"));
+            let header: http::HeaderName = name.parse().map_err(|_| invalid(&name_key, "not a valid header name"))?;
+            if matches!(header.as_str(), "host" | "content-length" | "mcp-session-id" | "mcp-protocol-version") {
+                return Err(invalid(name_key, "is set by the gateway itself"));
+            }
+            match value {
+                HeaderValueSource::Value(v) if http::HeaderValue::from_str(&v.0).is_err() => {
+                    return Err(invalid(name_key, "not a valid header value"))
+                }
+                HeaderValueSource::Env { env } if env.is_empty() => {
+                    return Err(invalid(name_key, "names no environment variable"))
+                }
+                _ => {}
+            }
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid(key("connect_timeout"), "must be longer than 0s"));
+        }
+        if self.max_message_bytes == 0 || self.send_queue == 0 {
+            let k = if self.send_queue == 0 { "send_queue" } else { "max_message_bytes" };
+            return Err(invalid(key(k), "must be greater than 0"));
+        }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            return Err(invalid(key("tls"), "client_cert and client_key go together"));
+        }
+        let files = [
+            ("ca_file", &self.tls.ca_file),
+            ("client_cert", &self.tls.client_cert),
+            ("client_key", &self.tls.client_key),
+        ];
+        for (k, path) in files {
+            if let Some(p) = path.as_ref().filter(|p| !p.is_file()) {
+                return Err(invalid(key(&format!("tls.{k}")), format!("no readable file at {}", p.display())));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -386,6 +494,7 @@ impl Config {
                         return Err(invalid(key("stdin_queue"), "must be greater than 0"));
                     }
                 }
+                BackendConfig::Http(u) | BackendConfig::Sse(u) => u.validate(&format!("backends.{name}"))?,
             }
         }
         Ok(())
@@ -444,7 +553,7 @@ mod tests {
         assert_eq!(c.legacy_sse, LegacySseConfig::default());
         assert!(c.routes.iter().all(|r| r.sse_path.is_none() && r.messages_path.is_none()));
         assert!(c.routes.iter().all(|r| r.websocket));
-        let BackendConfig::Stdio(s) = &c.backends["example"];
+        let BackendConfig::Stdio(s) = &c.backends["example"] else { panic!("stdio") };
         assert_eq!(s.command, SELF_EXE);
         assert_eq!(s.env_allow, default_env_allow());
         assert_eq!(s.max_line_bytes, default_max_line_bytes());
@@ -468,16 +577,25 @@ mod tests {
     #[test]
     fn every_key_is_documented() {
         let mut c = shipped();
-        let BackendConfig::Stdio(s) = c.backends.get_mut("example").unwrap();
+        let Some(BackendConfig::Stdio(s)) = c.backends.get_mut("example") else { panic!("stdio") };
         s.cwd = Some("/".into());
         s.env.insert("K".into(), Secret("v".into()));
         c.routes[0].sse_path = Some("/sse".into());
         c.routes[0].messages_path = Some("/messages".into());
+        let remote: BackendConfig = toml::from_str(
+            r#"kind = "http"
+            url = "https://mcp.example.com/mcp"
+            headers = { "x-api-key" = { env = "KEY" }, "x-static" = "v" }
+            sse_fallback = true
+            tls = { ca_file = "/ca.pem", client_cert = "/c.pem", client_key = "/k.pem" }"#,
+        )
+        .unwrap();
+        c.backends.insert("remote".into(), remote);
         let value = toml::Value::try_from(&c).unwrap();
         let mut all = Vec::new();
         keys("", &value, &mut all);
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
-        for key in all.iter().filter(|k| !["example", "K"].contains(&k.as_str())) {
+        for key in all.iter().filter(|k| !["example", "K", "remote", "x-api-key", "x-static"].contains(&k.as_str())) {
             let documented = doc.contains(&format!("`{key}`"))
                 || doc.contains(&format!("[{key}"))
                 || doc.contains(&format!("[[{key}"));
@@ -506,9 +624,38 @@ mod tests {
     }
 
     #[test]
+    fn upstreams_are_checked_and_their_header_values_masked() {
+        let check = |backend: &str| {
+            let mut c = shipped();
+            c.backends.insert("example".into(), toml::from_str(backend).unwrap());
+            c.validate().map(|_| c).map_err(|e| e.key)
+        };
+        let ok =
+            check("kind = \"http\"\nurl = \"http://127.0.0.1:9/mcp\"\nheaders = { \"x-k\" = \"hunter2\" }").unwrap();
+        assert!(!ok.to_toml().contains("hunter2") && ok.to_toml().contains("***"));
+        assert_eq!(check("kind = \"sse\"\nurl = \"ftp://x/sse\""), Err("backends.example.url".into()));
+        assert_eq!(
+            check("kind = \"http\"\nurl = \"http://h/mcp\"\nheaders = { \"bad name\" = \"v\" }"),
+            Err("backends.example.headers.bad name".into())
+        );
+        assert_eq!(
+            check("kind = \"http\"\nurl = \"http://h/mcp\"\nheaders = { \"mcp-session-id\" = \"v\" }"),
+            Err("backends.example.headers.mcp-session-id".into())
+        );
+        assert_eq!(
+            check("kind = \"http\"\nurl = \"http://h/mcp\"\ntls = { client_cert = \"/c.pem\" }"),
+            Err("backends.example.tls".into())
+        );
+        assert_eq!(
+            check("kind = \"http\"\nurl = \"http://h/mcp\"\ntls = { ca_file = \"/nonexistent.pem\" }"),
+            Err("backends.example.tls.ca_file".into())
+        );
+    }
+
+    #[test]
     fn secrets_never_print() {
         let mut c = shipped();
-        let BackendConfig::Stdio(s) = c.backends.get_mut("example").unwrap();
+        let Some(BackendConfig::Stdio(s)) = c.backends.get_mut("example") else { panic!("stdio") };
         s.env.insert("TOKEN".into(), Secret("hunter2".into()));
         assert!(!c.to_toml().contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));

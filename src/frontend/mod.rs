@@ -52,16 +52,14 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, self_exe: std::path::PathBuf) -> Arc<App> {
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| {
-                let backend = Backend::from_config(&r.backend, &config.backends[&r.backend]);
-                (r.path.clone(), Route { backend, websocket: r.websocket })
-            })
-            .collect();
-        App::with_routes(config, self_exe, routes)
+    /// Builds every route's backend; fails on a backend that cannot be set up.
+    pub fn new(config: Config, self_exe: std::path::PathBuf) -> Result<Arc<App>, crate::backend::ConnectError> {
+        let mut routes = HashMap::new();
+        for r in &config.routes {
+            let backend = Backend::from_config(&r.backend, &config.backends[&r.backend])?;
+            routes.insert(r.path.clone(), Route { backend, websocket: r.websocket });
+        }
+        Ok(App::with_routes(config, self_exe, routes))
     }
 
     /// An app whose routes are given rather than built from the configuration.

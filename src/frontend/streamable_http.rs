@@ -154,7 +154,7 @@ async fn post(
     // timeout means it stopped reading: either way the session answers every pending request
     // with an error on `rx`, so the response below still completes.
     let _ = tokio::time::timeout(app.config.sessions.request_timeout, session.forward(&msgs)).await;
-    Ok(respond(app, &version, opened, rx, batch).await)
+    Ok(respond(app, &version, opened, rx, batch, &first_request).await)
 }
 
 pub(super) fn status_only(status: StatusCode) -> Response<Body> {
@@ -192,6 +192,7 @@ async fn respond(
     opened: Opened,
     mut rx: mpsc::Receiver<Frame>,
     batch: bool,
+    first_request: &Id,
 ) -> Response<Body> {
     let opts = stream_options(app, version);
     let mut prefix = Vec::new();
@@ -203,6 +204,11 @@ async fn respond(
         match tokio::time::timeout(app.config.sessions.json_wait, rx.recv()).await {
             Ok(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
             Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
+            // The session ended in a way the client must act on (initialize again): say so
+            // with the status, as for an unknown session.
+            Ok(Some(Frame::Closed(reason))) if reason.error().status() != StatusCode::OK => {
+                return error_reply(&reason.error(), Some(first_request))
+            }
             Ok(Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_)) | None) => {
                 return sse_response(sse::body(prefix, None, opts))
             }

@@ -135,6 +135,7 @@ impl Actor {
                 e = events.recv(), if reading => match e {
                     Some(Event::Message(line)) => self.on_backend(line),
                     Some(Event::Closed(why)) => break EndReason::BackendClosed(why),
+                    Some(Event::SessionLost(why)) => break EndReason::UpstreamLost(why),
                     None => break EndReason::BackendClosed("backend connection lost".into()),
                 },
                 permit = reserve(stalled_tx), if !reading => self.on_room(permit),
@@ -356,10 +357,16 @@ impl Actor {
     /// and drops the readers (ending their streams).
     async fn finish(&mut self, reason: &EndReason) {
         let err = reason.error();
+        // A request alone on its HTTP stream is answered by the status of the reason (a 404
+        // makes the client initialize again) through the `Closed` frame below.
+        let by_status = err.status() != http::StatusCode::OK;
         let ids: Vec<Id> = self.pending.keys().cloned().collect();
         for id in ids {
             if let Some(p) = self.take_pending(&id) {
-                self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
+                let alone = self.streams.get(&p.stream).is_some_and(|s| !s.persistent && s.next_seq == 0);
+                if !(by_status && alone) {
+                    self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
+                }
             }
         }
         let live: Vec<u64> = self.streams.iter().filter(|(_, s)| s.live()).map(|(id, _)| *id).collect();

@@ -110,6 +110,8 @@ pub enum EndReason {
     GraceExpired,
     /// The client was away and the replay buffer lost messages it had not seen.
     ReplayOverflow,
+    /// The upstream forgot the session and re-initializing it failed.
+    UpstreamLost(String),
 }
 
 impl EndReason {
@@ -124,6 +126,7 @@ impl EndReason {
             EndReason::ClientClosed => "the client closed its connection".into(),
             EndReason::Stalled => "the client took no message for legacy_sse.stall_timeout".into(),
             EndReason::GraceExpired => "the client did not reconnect within sessions.resume_grace".into(),
+            EndReason::UpstreamLost(why) => format!("the upstream session was lost ({why})"),
             EndReason::ReplayOverflow => {
                 "the replay buffer overflowed while the client was away (sessions.replay_buffer_*)".into()
             }
@@ -134,6 +137,8 @@ impl EndReason {
     pub fn error(&self) -> GatewayError {
         match self {
             EndReason::BackendClosed(why) => GatewayError::BackendUnavailable(why.clone()),
+            // The client must initialize again: the same answer as for an unknown session.
+            EndReason::UpstreamLost(_) => GatewayError::SessionGone(self.describe()),
             other => GatewayError::SessionEnded(other.describe()),
         }
     }

@@ -1,0 +1,170 @@
+//! An incremental, bounded `text/event-stream` decoder for upstream SSE bodies.
+//!
+//! Follows the WHATWG event-stream rules the MCP transports rely on: `data` lines join with
+//! `\n`, `id` sets the last event id (kept across events), `retry` sets the reconnection
+//! delay, `event` names the type, lines starting with `:` are comments, and a blank line
+//! dispatches. Line ends may be `\n`, `\r\n` or `\r`. Knows nothing about JSON-RPC.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+
+/// One dispatched event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `event:`; `None` means the default type `message`.
+    pub event: Option<String>,
+    pub data: String,
+    /// The id in force when this event was dispatched (its own or an earlier one).
+    pub id: Option<String>,
+}
+
+impl SseEvent {
+    /// Whether the event has the default type, `message`.
+    pub fn is_message(&self) -> bool {
+        matches!(self.event.as_deref(), None | Some("message"))
+    }
+}
+
+/// An event grew past the decoder's bound.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("an upstream SSE event is longer than {0} bytes")]
+pub struct TooLong(pub usize);
+
+/// Decodes chunks of an event stream into events.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: BytesMut,
+    max: usize,
+    /// Skip a `\n` that follows a `\r` split across chunks.
+    after_cr: bool,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+    /// The last event id, as the stream set it.
+    pub last_id: Option<String>,
+    /// The reconnection delay the stream asked for.
+    pub retry: Option<Duration>,
+}
+
+impl Decoder {
+    /// A decoder that refuses events (and lines) longer than `max` bytes.
+    pub fn new(max: usize) -> Decoder {
+        Decoder {
+            buf: BytesMut::new(),
+            max,
+            after_cr: false,
+            event: None,
+            data: String::new(),
+            has_data: false,
+            last_id: None,
+            retry: None,
+        }
+    }
+
+    /// Feeds a chunk; returns the events it completed.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, TooLong> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        loop {
+            if self.after_cr && self.buf.first() == Some(&b'\n') {
+                self.buf.advance(1);
+            }
+            self.after_cr = false;
+            let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r') else { break };
+            self.after_cr = self.buf[end] == b'\r';
+            let line = self.buf.split_to(end + 1);
+            let line = String::from_utf8_lossy(&line[..end]).into_owned();
+            if let Some(event) = self.line(&line) {
+                out.push(event);
+            }
+            if self.data.len() > self.max {
+                return Err(TooLong(self.max));
+            }
+        }
+        if self.buf.len() > self.max {
+            return Err(TooLong(self.max));
+        }
+        Ok(out)
+    }
+
+    fn line(&mut self, line: &str) -> Option<SseEvent> {
+        if line.is_empty() {
+            return self.dispatch();
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_owned()),
+            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
+            "retry" => {
+                if let Ok(ms) = value.parse::<u64>() {
+                    self.retry = Some(Duration::from_millis(ms));
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        let event = self.event.take();
+        if !std::mem::take(&mut self.has_data) {
+            return None;
+        }
+        let data = std::mem::take(&mut self.data);
+        Some(SseEvent { event, data, id: self.last_id.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_across_chunks_and_line_ends() {
+        let mut d = Decoder::new(1024);
+        let mut got = d.feed(b"id: 1-1\r").unwrap();
+        got.extend(d.feed(b"\ndata: {\"a\":1}\r\n\r\n: keep-alive\n\nevent: endpoint\ndata: /m?s=1\n").unwrap());
+        got.extend(d.feed(b"\nretry: 1500\nid: 1-2\ndata: x\ndata: y\n\n").unwrap());
+        assert_eq!(
+            got,
+            vec![
+                SseEvent { event: None, data: "{\"a\":1}".into(), id: Some("1-1".into()) },
+                SseEvent { event: Some("endpoint".into()), data: "/m?s=1".into(), id: Some("1-1".into()) },
+                SseEvent { event: None, data: "x\ny".into(), id: Some("1-2".into()) },
+            ]
+        );
+        assert_eq!(d.retry, Some(Duration::from_millis(1500)));
+        assert!(got[0].is_message() && !got[1].is_message());
+    }
+
+    #[test]
+    fn a_priming_event_sets_the_id_without_dispatching() {
+        let mut d = Decoder::new(1024);
+        assert!(d.feed(b"id: 3-0\ndata:\n\n").unwrap().len() == 1);
+        let mut d = Decoder::new(1024);
+        assert!(d.feed(b"id: 3-0\n\n").unwrap().is_empty());
+        assert_eq!(d.last_id.as_deref(), Some("3-0"));
+    }
+
+    #[test]
+    fn an_endless_line_is_refused() {
+        let mut d = Decoder::new(16);
+        assert_eq!(d.feed(&[b'a'; 17]), Err(TooLong(16)));
+        let mut d = Decoder::new(16);
+        assert_eq!(d.feed(b"data: 0123456789\ndata: 0123456789\n"), Err(TooLong(16)));
+    }
+}

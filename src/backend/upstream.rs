@@ -1,0 +1,208 @@
+//! What every HTTP upstream shares: the pooled hyper client (HTTP/1.1 and HTTP/2 via ALPN,
+//! rustls with the `ring` provider), the configured headers, bounded body reads, and sending
+//! with connect retries. Knows nothing about MCP sessions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{HeaderValueSource, TlsClientConfig, UpstreamConfig};
+use crate::retry::{Attempts, Backoff};
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
+/// How long idle pooled connections to an upstream are kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Longest part of an upstream's error body quoted to the client.
+const SNIPPET: usize = 200;
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One configured upstream: where it is and how to reach it.
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub url: Uri,
+    pub config: UpstreamConfig,
+    /// The configured headers, resolved once at start.
+    headers: HeaderMap,
+    client: HttpClient,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// A request that failed before an answer came back.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made within `connect_timeout`: the request never left.
+    #[error("cannot reach the upstream at {url}: {why}")]
+    Unreachable { url: String, why: String },
+    /// The request may have reached the upstream; it is not retried.
+    #[error("the upstream connection failed: {0}")]
+    Failed(String),
+}
+
+impl Upstream {
+    pub fn new(name: &str, config: UpstreamConfig) -> Result<Upstream, String> {
+        let url: Uri = config.url.parse().map_err(|e| format!("`url`: {e}"))?;
+        let headers = resolve_headers(&config)?;
+        let tls = tls_config(&config.tls, url.scheme_str() == Some("https"))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(https);
+        Ok(Upstream { name: Arc::from(name), url, config, headers, client })
+    }
+
+    /// A request to `uri` with the configured headers. Never carries anything of the client's
+    /// own request: only the body the gateway chose and these headers.
+    pub fn request(
+        &self,
+        method: Method,
+        uri: &Uri,
+        accept: &'static str,
+        body: Option<Bytes>,
+    ) -> Request<Full<Bytes>> {
+        let mut b = Request::builder().method(method).uri(uri.clone()).header(ACCEPT, accept);
+        if body.is_some() {
+            b = b.header(CONTENT_TYPE, "application/json");
+        }
+        let mut req = b.body(Full::new(body.unwrap_or_default())).expect("a valid request");
+        req.headers_mut().extend(self.headers.clone());
+        req
+    }
+
+    /// Sends a request, retrying connect failures (which never reached the upstream) with
+    /// capped, jittered backoff until `connect_timeout` is spent.
+    pub async fn send(&self, build: impl Fn() -> Request<Full<Bytes>>) -> Result<Response<Incoming>, SendError> {
+        let mut attempts = Attempts::new(Backoff::default(), self.config.connect_timeout);
+        loop {
+            match self.client.request(build()).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_connect() => {
+                    let why = error_chain(&e);
+                    if attempts.remaining().is_zero() || !attempts.wait().await {
+                        return Err(SendError::Unreachable { url: self.url.to_string(), why });
+                    }
+                    tracing::debug!(backend.name = %self.name, attempt = attempts.made, "Retrying a refused upstream connect: {why}.");
+                }
+                Err(e) => return Err(SendError::Failed(error_chain(&e))),
+            }
+        }
+    }
+}
+
+/// Reads a whole body of at most `max` bytes.
+pub async fn read_body(body: Incoming, max: usize) -> Result<Bytes, String> {
+    match Limited::new(body, max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(format!("the upstream sent a body longer than max_message_bytes ({max} bytes)"))
+        }
+        Err(e) => Err(format!("the upstream body broke off: {e}")),
+    }
+}
+
+/// The start of an error body, for a message.
+pub fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(SNIPPET)]);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The media type of a response, lowercased, without parameters.
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn resolve_headers(config: &UpstreamConfig) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for (name, source) in &config.headers {
+        let value = match source {
+            HeaderValueSource::Value(s) => s.0.clone(),
+            HeaderValueSource::Env { env } => std::env::var(env)
+                .map_err(|_| format!("`headers.{name}`: the environment variable {env} is not set"))?,
+        };
+        let name = HeaderName::try_from(name.as_str()).map_err(|_| format!("`headers.{name}`: invalid name"))?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| format!("`headers.{name}`: invalid value"))?;
+        value.set_sensitive(true);
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// The rustls client configuration: system roots (only loaded for https) plus `ca_file`,
+/// and the client certificate when configured.
+fn tls_config(tls: &TlsClientConfig, https: bool) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if https {
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+    }
+    if let Some(path) = &tls.ca_file {
+        let certs = read_certs(path)?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("`tls.ca_file` {}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots);
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(cert)?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("`tls.client_key` {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| format!("`tls.client_cert`: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> =
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?.collect();
+    let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in the file", path.display()));
+    }
+    Ok(certs)
+}
