@@ -137,6 +137,12 @@ impl Client {
         resp.message().await
     }
 
+    /// The HTTP status of a request with empty params (its body is dropped).
+    pub async fn request_status(&self, method: &str) -> StatusCode {
+        let id = self.next_id();
+        self.post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {}})).await.status
+    }
+
     pub async fn call_tool(&self, name: &str, args: Value) -> Value {
         self.request("tools/call", json!({"name": name, "arguments": args})).await
     }

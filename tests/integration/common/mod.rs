@@ -6,6 +6,8 @@
 pub mod client;
 pub mod process;
 pub mod procs;
+pub mod tls;
+pub mod upstream;
 pub mod ws;
 
 use std::time::Duration;
@@ -34,6 +36,7 @@ pub fn default_config() -> Config {
 pub fn stdio(c: &mut Config) -> &mut config::StdioConfig {
     match c.backends.get_mut("example").expect("example backend") {
         config::BackendConfig::Stdio(s) => s,
+        other => panic!("not a stdio backend: {other:?}"),
     }
 }
 
