@@ -7,8 +7,14 @@
 //   await gw.stop();                            // SIGTERM, then await the exit
 //
 // The binary is $EDGE_TEST_BIN, else <repo>/target/debug/mcp-edge. Nothing is built here.
+//
+// E2E_BACKEND chooses how the default gateway reaches server-everything: `stdio` (default, one
+// child per session), `http` (server-everything serving Streamable HTTP on its own, behind
+// `--upstream … --upstream-kind http`) or `sse` (its legacy HTTP+SSE transport, behind
+// `--upstream …/sse --upstream-kind sse`). The same tests run against all three.
 
 import { spawn } from 'node:child_process';
+import { createServer, connect } from 'node:net';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -83,7 +89,13 @@ export async function startGateway(opts = {}) {
   if (!existsSync(bin)) {
     throw new Error(`mcp-edge binary not found at ${bin} (set EDGE_TEST_BIN or build it first)`);
   }
-  const source = config ? ['--config', config] : ['--stdio', stdio];
+  const backend = process.env.E2E_BACKEND || 'stdio';
+  let upstream = null;
+  let source = config ? ['--config', config] : ['--stdio', stdio];
+  if (!config && !opts.stdio && backend !== 'stdio') {
+    upstream = await startEverything(backend);
+    source = ['--upstream', upstream.url, '--upstream-kind', backend];
+  }
   const args = ['run', '--listen', '127.0.0.1:0', '--log-format', 'json', ...source, ...extraArgs];
   const child = spawn(bin, args, { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
 
@@ -169,6 +181,7 @@ export async function startGateway(opts = {}) {
      * Resolves to { code, signal }.
      */
     async stop({ timeoutMs = 40_000 } = {}) {
+      if (upstream) await upstream.stop();
       if (exitInfo !== null) return exitInfo;
       child.kill('SIGTERM');
       let killTimer;
@@ -183,4 +196,46 @@ export async function startGateway(opts = {}) {
       return exited;
     },
   };
+}
+
+/** A port nothing listens on right now. */
+async function freePort() {
+  const srv = createServer();
+  await new Promise((res) => srv.listen(0, '127.0.0.1', res));
+  const { port } = srv.address();
+  await new Promise((res) => srv.close(res));
+  return port;
+}
+
+/**
+ * Starts server-everything serving `streamableHttp` (backend `http`) or `sse` on a free port and
+ * waits until it accepts connections. Resolves to { url, stop }.
+ */
+export async function startEverything(backend, { startTimeoutMs = 15_000 } = {}) {
+  const [mode, path] = { http: ['streamableHttp', '/mcp'], sse: ['sse', '/sse'] }[backend] ?? [];
+  if (!mode) throw new Error(`E2E_BACKEND must be stdio, http or sse, not ${backend}`);
+  const port = await freePort();
+  const child = spawn(process.execPath, [EVERYTHING_ENTRY, mode], {
+    env: { ...process.env, PORT: String(port) },
+    stdio: ['ignore', 'ignore', 'ignore'],
+  });
+  const exited = new Promise((res) => child.once('exit', res));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    await exited;
+  };
+  const deadline = Date.now() + startTimeoutMs;
+  for (;;) {
+    const open = await new Promise((res) => {
+      const sock = connect(port, '127.0.0.1');
+      sock.once('connect', () => (sock.destroy(), res(true)));
+      sock.once('error', () => res(false));
+    });
+    if (open) return { url: `http://127.0.0.1:${port}${path}`, stop };
+    if (child.exitCode !== null || Date.now() > deadline) {
+      await stop();
+      throw new Error(`server-everything (${mode}) did not listen on port ${port}`);
+    }
+    await new Promise((res) => setTimeout(res, 50));
+  }
 }

@@ -1,4 +1,10 @@
-"""Starts one mcp-edge gateway (quick mode, server-everything as the stdio child) per test module."""
+"""Starts one mcp-edge gateway per test module, in quick mode in front of server-everything.
+
+E2E_BACKEND chooses how the gateway reaches server-everything: `stdio` (the default; one child
+per session), `http` (server-everything serving Streamable HTTP on its own, behind
+`--upstream … --upstream-kind http`) or `sse` (server-everything serving the legacy HTTP+SSE
+transport, behind `--upstream …/sse --upstream-kind sse`). The tests are the same for all three.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -71,8 +78,14 @@ def gateway(request: pytest.FixtureRequest):
     binary = _binary()
     assert binary.is_file(), f"gateway binary not found: {binary} (set EDGE_TEST_BIN)"
     assert EVERYTHING_ENTRY.is_file(), f"server-everything not installed: {EVERYTHING_ENTRY}"
-    stdio_cmd = f"node {shlex.quote(str(EVERYTHING_ENTRY))} stdio"
-    argv = [str(binary), "run", "--listen", "127.0.0.1:0", "--log-format", "json", "--stdio", stdio_cmd]
+    backend = os.environ.get("E2E_BACKEND", "stdio")
+    upstream = None
+    if backend == "stdio":
+        source = ["--stdio", f"node {shlex.quote(str(EVERYTHING_ENTRY))} stdio"]
+    else:
+        upstream, url = _start_everything(backend)
+        source = ["--upstream", url, "--upstream-kind", backend]
+    argv = [str(binary), "run", "--listen", "127.0.0.1:0", "--log-format", "json", *source]
     env = dict(os.environ)
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
@@ -107,8 +120,48 @@ def gateway(request: pytest.FixtureRequest):
     else:
         exit_code = proc.returncode
     drainer.join(5)
+    if upstream is not None:
+        _stop(upstream)
     if exit_code != 0:
         pytest.fail(f"gateway exited with {exit_code} after SIGTERM (expected 0)\n--- gateway stderr ---\n{gw.log()}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_everything(backend: str) -> tuple[subprocess.Popen[bytes], str]:
+    """server-everything serving `streamableHttp` (backend `http`) or `sse` on a free port."""
+    mode, path = {"http": ("streamableHttp", "/mcp"), "sse": ("sse", "/sse")}[backend]
+    port = _free_port()
+    env = dict(os.environ, PORT=str(port))
+    proc = subprocess.Popen(
+        ["node", str(EVERYTHING_ENTRY), mode],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}{path}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
+                pytest.fail(f"server-everything ({mode}) did not listen on port {port}")
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stops a process this fixture started, by its PID."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 @pytest.fixture
