@@ -45,6 +45,8 @@ pub enum GatewayError {
     StatelessRequest,
     #[error("Service Unavailable: sessions.max_sessions ({0}) reached")]
     TooManySessions(usize),
+    #[error("Service Unavailable: routes.max_sessions of `{0}` ({1}) reached")]
+    RouteFull(String, usize),
     #[error("Forbidden: Origin `{0}` is not allowed (server.allowed_origins)")]
     OriginForbidden(String),
     #[error("Forbidden: Host `{0}` is not allowed (server.allowed_hosts)")]
@@ -101,7 +103,7 @@ impl GatewayError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnknownSession | SessionGone(_) | NoRoute => StatusCode::NOT_FOUND,
-            TooManySessions(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            TooManySessions(_) | RouteFull(..) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             OriginForbidden(_) | HostForbidden(_) => StatusCode::FORBIDDEN,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BackendStartFailed(_) => StatusCode::BAD_GATEWAY,
@@ -123,7 +125,7 @@ impl GatewayError {
             BackendUnavailable(_) | BackendStartFailed(_) => code::BACKEND_UNAVAILABLE,
             RequestTimeout(_) => code::REQUEST_TIMEOUT,
             SessionEnded(_) | ShuttingDown => code::SESSION_ENDED,
-            TooManySessions(_) => code::OVERLOADED,
+            TooManySessions(_) | RouteFull(..) => code::OVERLOADED,
             DuplicateId(_) => code::DUPLICATE_ID,
             // Requests the gateway refuses as malformed or not allowed.
             _ => code::INVALID_REQUEST,
@@ -165,7 +167,7 @@ impl GatewayError {
     /// Seconds for a `Retry-After` header, where retrying later can help.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            GatewayError::TooManySessions(_) | GatewayError::ShuttingDown => Some(1),
+            GatewayError::TooManySessions(_) | GatewayError::RouteFull(..) | GatewayError::ShuttingDown => Some(1),
             _ => None,
         }
     }
@@ -182,7 +184,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BackendUnavailable(_) | BackendStartFailed(_) => Cause::Backend,
-            TooManySessions(_) | ShuttingDown | RequestTimeout(_) | SessionEnded(_) => Cause::Gateway,
+            TooManySessions(_) | RouteFull(..) | ShuttingDown | RequestTimeout(_) | SessionEnded(_) => Cause::Gateway,
             _ => Cause::Client,
         }
     }
@@ -215,6 +217,7 @@ impl GatewayError {
             BatchNotAllowed,
             StatelessRequest,
             TooManySessions(1000),
+            RouteFull("/mcp".into(), 100),
             OriginForbidden("https://evil.example".into()),
             HostForbidden("evil.example.com".into()),
             MethodNotAllowed("GET, POST, DELETE"),
@@ -252,6 +255,7 @@ impl GatewayError {
             BatchNotAllowed => "batch_not_allowed",
             StatelessRequest => "stateless_request",
             TooManySessions(_) => "too_many_sessions",
+            RouteFull(..) => "route_full",
             OriginForbidden(_) => "origin_forbidden",
             HostForbidden(_) => "host_forbidden",
             MethodNotAllowed(_) => "method_not_allowed",
@@ -317,7 +321,7 @@ mod tests {
     fn catalog_is_complete() {
         let names: std::collections::HashSet<_> = GatewayError::catalog().iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), GatewayError::catalog().len());
-        assert_eq!(names.len(), 30, "add new variants to catalog()");
+        assert_eq!(names.len(), 31, "add new variants to catalog()");
     }
 
     #[test]

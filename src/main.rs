@@ -175,7 +175,12 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn run(config: config::Config) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot locate the mcp-edge executable")?;
     let listen = config.server.listen;
-    let gateway = mcp_edge::Gateway::bind(config, exe).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let gateway = match mcp_edge::Gateway::bind(config, exe).await {
+        Ok(g) => g,
+        // A backend that cannot be set up (see `check`).
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => anyhow::bail!("invalid configuration: {e}"),
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {listen}")),
+    };
     gateway.run(shutdown_signal()).await;
     Ok(())
 }

@@ -89,7 +89,8 @@ impl Backend {
     /// (an unset environment variable, an unreadable certificate).
     pub fn from_config(name: &str, config: &BackendConfig) -> Result<Backend, ConnectError> {
         let upstream = |c: &crate::config::UpstreamConfig| {
-            upstream::Upstream::new(name, c.clone()).map_err(|e| ConnectError(format!("backends.{name}.{e}")))
+            upstream::Upstream::new(name, c.clone())
+                .map_err(|e| ConnectError(format!("`backends.{name}.{}", e.trim_start_matches('`'))))
         };
         Ok(match config {
             BackendConfig::Stdio(c) => Backend::Stdio(Arc::new(stdio::StdioBackend::new(name, c.clone()))),

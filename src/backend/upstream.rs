@@ -176,21 +176,21 @@ fn tls_config(tls: &TlsClientConfig, https: bool) -> Result<rustls::ClientConfig
         roots.add_parsable_certificates(native.certs);
     }
     if let Some(path) = &tls.ca_file {
-        let certs = read_certs(path)?;
+        let certs = read_certs(path).map_err(|e| format!("`tls.ca_file`: {e}"))?;
         for cert in certs {
-            roots.add(cert).map_err(|e| format!("`tls.ca_file` {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("`tls.ca_file`: {}: {e}", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(|e| format!("`tls`: {e}"))?
         .with_root_certificates(roots);
     match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = read_certs(cert)?;
+            let chain = read_certs(cert).map_err(|e| format!("`tls.client_cert`: {e}"))?;
             let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("`tls.client_key` {}: {e}", key.display()))?;
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("`tls.client_key`: {}: {e}", key.display()))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| format!("`tls.client_cert`: {e}"))
         }
         _ => Ok(builder.with_no_client_auth()),

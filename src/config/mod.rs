@@ -224,6 +224,10 @@ pub struct RouteConfig {
     /// Legacy HTTP+SSE: the path clients POST their messages to, e.g. `/messages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages_path: Option<String>,
+    /// Most live sessions this route may hold (within `sessions.max_sessions`), so that one
+    /// backend cannot take every session of the instance; absent, only the instance cap applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -440,6 +444,9 @@ impl Config {
             if !r.path.starts_with('/') {
                 return Err(invalid(format!("routes[{i}].path"), "must start with `/`"));
             }
+            if r.max_sessions == Some(0) {
+                return Err(invalid(format!("routes[{i}].max_sessions"), "must be greater than 0"));
+            }
             if !paths.insert(&r.path) {
                 return Err(invalid(format!("routes[{i}].path"), format!("`{}` is used twice", r.path)));
             }
@@ -582,6 +589,7 @@ mod tests {
         s.env.insert("K".into(), Secret("v".into()));
         c.routes[0].sse_path = Some("/sse".into());
         c.routes[0].messages_path = Some("/messages".into());
+        c.routes[0].max_sessions = Some(10);
         let remote: BackendConfig = toml::from_str(
             r#"kind = "http"
             url = "https://mcp.example.com/mcp"

@@ -65,7 +65,12 @@ impl App {
     /// An app whose routes are given rather than built from the configuration.
     pub fn with_routes(config: Config, self_exe: std::path::PathBuf, routes: HashMap<String, Route>) -> Arc<App> {
         Arc::new(App {
-            registry: Registry::new(config.instance_id.clone(), config.sessions.clone(), self_exe),
+            registry: Registry::new(
+                config.instance_id.clone(),
+                config.sessions.clone(),
+                self_exe,
+                config.routes.iter().filter_map(|r| r.max_sessions.map(|m| (r.path.clone(), m))),
+            ),
             guard: guard::OriginGuard::new(&config.server),
             legacy_paths: legacy_sse::endpoints(&config.routes, &routes),
             legacy: legacy_sse::Streams::default(),

@@ -307,6 +307,8 @@ pub struct Registry {
     sessions: DashMap<Arc<str>, SessionHandle>,
     /// Sessions that exist, published or still initializing; bounded by `max_sessions`.
     slots: AtomicUsize,
+    /// Per-route caps (`routes[].max_sessions`) and the sessions each route holds.
+    route_caps: std::collections::HashMap<String, (usize, AtomicUsize)>,
     draining: AtomicBool,
     in_flight: Arc<InFlight>,
     /// Session tasks and their backend stops, awaited on shutdown.
@@ -322,21 +324,31 @@ pub struct Registry {
 const TOMBSTONES: usize = 1024;
 
 /// Frees a session slot when the session's task ends.
-struct Slot(Arc<Registry>);
+struct Slot(Arc<Registry>, Arc<str>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.slots.fetch_sub(1, Ordering::SeqCst);
+        if let Some((_, live)) = self.0.route_caps.get(&*self.1) {
+            live.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
 impl Registry {
-    pub fn new(instance_id: String, config: SessionConfig, self_exe: std::path::PathBuf) -> Arc<Registry> {
+    /// `route_caps`: route path → most sessions that route may hold (besides `max_sessions`).
+    pub fn new(
+        instance_id: String,
+        config: SessionConfig,
+        self_exe: std::path::PathBuf,
+        route_caps: impl IntoIterator<Item = (String, usize)>,
+    ) -> Arc<Registry> {
         Arc::new(Registry {
             instance_id,
             config,
             sessions: DashMap::new(),
             slots: AtomicUsize::new(0),
+            route_caps: route_caps.into_iter().map(|(path, max)| (path, (max, AtomicUsize::new(0)))).collect(),
             draining: AtomicBool::new(false),
             in_flight: Arc::default(),
             tasks: TaskTracker::new(),
@@ -414,7 +426,14 @@ impl Registry {
             self.slots.fetch_sub(1, Ordering::SeqCst);
             return Err(GatewayError::TooManySessions(self.config.max_sessions));
         }
-        let slot = Slot(self.clone());
+        if let Some((max, live)) = self.route_caps.get(route) {
+            if live.fetch_add(1, Ordering::SeqCst) >= *max {
+                live.fetch_sub(1, Ordering::SeqCst);
+                self.slots.fetch_sub(1, Ordering::SeqCst);
+                return Err(GatewayError::RouteFull(route.to_owned(), *max));
+            }
+        }
+        let slot = Slot(self.clone(), Arc::from(route));
         let id = self.mint_id();
         let ctx = backend::Context { self_exe: self.self_exe.clone(), session_id: id.clone() };
         let conn = backend.connect(&ctx).await.map_err(|e| GatewayError::BackendUnavailable(e.0))?;

@@ -43,6 +43,23 @@ fn invalid_configs_name_the_file_key_and_reason() {
 }
 
 #[test]
+fn check_and_run_report_a_backend_that_cannot_be_set_up() {
+    let (dir, path) = config_file(
+        "[[routes]]\npath = \"/mcp\"\nbackend = \"remote\"\n[backends.remote]\nkind = \"http\"\n\
+         url = \"https://mcp.example.com/mcp\"\nheaders = { \"x-api-key\" = { env = \"EDGE_TEST_UNSET_VARIABLE\" } }\n",
+    );
+    let (code, _, err) = check(&["--config", &path], &[], &dir.0);
+    assert_eq!(code, 2);
+    assert!(err.contains("`backends.remote.headers.x-api-key`") && err.contains("EDGE_TEST_UNSET_VARIABLE"), "{err}");
+    let run = Command::new(EXE).args(["run", "--config", &path, "--listen", "127.0.0.1:0"]).output().unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("EDGE_TEST_UNSET_VARIABLE"));
+    let (code, out, _) = check(&["--config", &path], &[("EDGE_TEST_UNSET_VARIABLE", "k")], &dir.0);
+    assert_eq!(code, 0, "with the variable set the backend is fine");
+    assert!(out.contains("env = \"EDGE_TEST_UNSET_VARIABLE\"") && !out.contains("= \"k\""), "{out}");
+}
+
+#[test]
 fn layers_apply_in_order_file_then_env_then_flags() {
     let dir = TempDir::new();
     let (code, out, _) =

@@ -201,3 +201,34 @@ async fn max_sessions_gives_503_with_retry_after_and_frees_on_delete() {
     }
     assert!(freed, "a deleted session frees its slot");
 }
+
+#[tokio::test]
+async fn a_route_cap_refuses_that_route_only() {
+    let mut config = default_config();
+    config.routes[0].max_sessions = Some(1);
+    let mut other = config.routes[0].clone();
+    other.path = "/other".into();
+    other.max_sessions = None;
+    config.routes.push(other);
+    let gw = TestGateway::start(config).await;
+    let mut a = gw.client();
+    a.initialize("2025-06-18").await;
+    let c = Client::new(&gw.url);
+    let refused = c.raw(Method::POST, &[("accept", ACCEPT_BOTH), ("content-type", "application/json")], INIT).await;
+    assert_eq!(refused.headers["retry-after"], "1");
+    let body = refused.bytes().await;
+    assert!(String::from_utf8_lossy(&body).contains("routes.max_sessions of `/mcp` (1)"));
+    let mut elsewhere = Client::new(&format!("http://{}/other", gw.addr));
+    elsewhere.initialize("2025-06-18").await;
+    a.delete().await;
+    let mut freed = false;
+    for _ in 0..100 {
+        let r = c.raw(Method::POST, &[("accept", ACCEPT_BOTH), ("content-type", "application/json")], INIT).await;
+        if r.status == StatusCode::OK {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(freed, "a deleted session frees its route's slot");
+}

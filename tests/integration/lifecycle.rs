@@ -92,6 +92,7 @@ async fn each_route_has_its_own_sessions() {
         websocket: true,
         sse_path: None,
         messages_path: None,
+        max_sessions: None,
     });
     let gw = TestGateway::start(config).await;
     let mut a = gw.client();

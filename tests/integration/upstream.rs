@@ -286,3 +286,24 @@ async fn a_websocket_client_uses_an_http_upstream() {
     let (answer, _) = conn.request("tools/call", json!({"name": "echo", "arguments": {"message": "over ws"}})).await;
     assert_eq!(text(&answer), "over ws");
 }
+
+#[tokio::test]
+async fn a_failing_backend_affects_only_its_own_routes() {
+    let mut config = default_config();
+    let down: BackendConfig =
+        toml::from_str(&format!("kind = \"http\"\nurl = \"{}\"\nconnect_timeout = \"500ms\"", refused_url().await))
+            .unwrap();
+    config.backends.insert("down".into(), down);
+    config.routes.push(toml::from_str("path = \"/down\"\nbackend = \"down\"").unwrap());
+    config.validate().unwrap();
+    let gw = TestGateway::start(config).await;
+    let failing = Client::new(&format!("http://{}/down", gw.addr));
+    let resp = failing
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}))
+        .await;
+    assert_eq!(resp.message().await["error"]["code"], -32000);
+    let mut working = gw.client();
+    working.initialize("2025-06-18").await;
+    assert_eq!(text(&working.call_tool("echo", json!({"message": "fine"})).await), "fine");
+}
