@@ -267,7 +267,7 @@ impl Pump {
             };
             let data = match frame {
                 Some(Frame::Event { data, .. }) => self.outgoing(data),
-                Some(Frame::Message(data)) => data,
+                Some(Frame::Message(data) | Frame::Ended { data, .. }) => data,
                 Some(Frame::End) => continue,
                 Some(Frame::Closed(_) | Frame::Replaced) | None => break Ending::Released,
             };

@@ -80,6 +80,14 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
                     }
                     event(id, &data)
                 }
+                Some(Frame::Ended { data, .. }) => {
+                    // Too late for a status: the error goes out as the stream's last event.
+                    st.rx = None;
+                    let mut out = b"data: ".to_vec();
+                    out.extend_from_slice(&single_line(&data));
+                    out.extend_from_slice(b"\n\n");
+                    Bytes::from(out)
+                }
                 Some(Frame::Message(data)) => {
                     let mut out = b"event: message\ndata: ".to_vec();
                     out.extend_from_slice(&single_line(&data));

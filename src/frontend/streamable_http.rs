@@ -154,7 +154,7 @@ async fn post(
     // timeout means it stopped reading: either way the session answers every pending request
     // with an error on `rx`, so the response below still completes.
     let _ = tokio::time::timeout(app.config.sessions.request_timeout, session.forward(&msgs)).await;
-    Ok(respond(app, &version, opened, rx, batch, &first_request).await)
+    Ok(respond(app, &version, opened, rx, batch).await)
 }
 
 pub(super) fn status_only(status: StatusCode) -> Response<Body> {
@@ -192,7 +192,6 @@ async fn respond(
     opened: Opened,
     mut rx: mpsc::Receiver<Frame>,
     batch: bool,
-    first_request: &Id,
 ) -> Response<Body> {
     let opts = stream_options(app, version);
     let mut prefix = Vec::new();
@@ -206,8 +205,9 @@ async fn respond(
             Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
             // The session ended in a way the client must act on (initialize again): say so
             // with the status, as for an unknown session.
-            Ok(Some(Frame::Closed(reason))) if reason.error().status() != StatusCode::OK => {
-                return error_reply(&reason.error(), Some(first_request))
+            Ok(Some(Frame::Ended { data, reason })) => {
+                tracing::info!(reason = %reason.describe(), "A request's session ended under it.");
+                return json_response(reason.error().status(), data);
             }
             Ok(Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_)) | None) => {
                 return sse_response(sse::body(prefix, None, opts))
@@ -264,7 +264,7 @@ async fn initialize(
                 break;
             }
             Frame::Event { id, data, .. } => before.push(sse::event(id, &data)),
-            Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_) => break,
+            Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_) | Frame::Ended { .. } => break,
         }
     }
     let Some((event_id, data)) = last else {

@@ -579,7 +579,7 @@ impl Writer {
                 },
                 f = frames.recv() => match f {
                     Some(Frame::Event { id, data, .. }) => text(self.outgoing(id, data)),
-                    Some(Frame::Message(data)) => text(data),
+                    Some(Frame::Message(data) | Frame::Ended { data, .. }) => text(data),
                     Some(Frame::End) => continue,
                     Some(Frame::Closed(reason)) => {
                         self.release();

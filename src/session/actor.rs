@@ -357,15 +357,20 @@ impl Actor {
     /// and drops the readers (ending their streams).
     async fn finish(&mut self, reason: &EndReason) {
         let err = reason.error();
-        // A request alone on its HTTP stream is answered by the status of the reason (a 404
-        // makes the client initialize again) through the `Closed` frame below.
+        // When the session ends in a way the client must act on (initialize again), a request
+        // on its own HTTP stream gets its error as `Frame::Ended`, which the frontend answers
+        // with the reason's status (404) while it still can.
         let by_status = err.status() != http::StatusCode::OK;
         let ids: Vec<Id> = self.pending.keys().cloned().collect();
         for id in ids {
             if let Some(p) = self.take_pending(&id) {
-                let alone = self.streams.get(&p.stream).is_some_and(|s| !s.persistent && s.next_seq == 0);
-                if !(by_status && alone) {
-                    self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
+                let data = error_response(Some(&id), err.rpc_code(), &err.to_string());
+                match self.streams.get_mut(&p.stream) {
+                    Some(s) if by_status && !s.persistent => {
+                        s.owed = s.owed.saturating_sub(1);
+                        self.deliver(p.stream, Frame::Ended { data, reason: reason.clone() });
+                    }
+                    _ => self.answer(p.stream, data),
                 }
             }
         }

@@ -39,6 +39,10 @@ pub enum Frame {
     Replaced,
     /// A message outside the stream's numbering (the answer to a resuming `initialize`).
     Message(Bytes),
+    /// The last answer of a request stream, sent as the session ends for `reason`: the error
+    /// of a request that must be retried in a new session (the frontend shows the reason's
+    /// HTTP status when it still can).
+    Ended { data: Bytes, reason: EndReason },
 }
 
 /// What a session does when a reader's queue is full.

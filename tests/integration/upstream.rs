@@ -307,3 +307,28 @@ async fn a_failing_backend_affects_only_its_own_routes() {
     working.initialize("2025-06-18").await;
     assert_eq!(text(&working.call_tool("echo", json!({"message": "fine"})).await), "fine");
 }
+
+#[tokio::test]
+async fn a_request_already_streaming_gets_the_lost_session_error_in_band() {
+    let example = ExampleHttp::start().await;
+    let chaos = Chaos::start(&example.url).await;
+    let mut config = upstream_config(&format!("kind = \"http\"\nurl = \"{}\"", chaos.url));
+    config.sessions.json_wait = Duration::from_millis(100);
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    chaos.forget_sessions(404);
+    chaos.refuse_initialize(true);
+    chaos.delay(Duration::from_millis(500));
+    let events = all_events(
+        &c,
+        json!({"jsonrpc": "2.0", "id": "late", "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "x"}}}),
+    )
+    .await;
+    let last = events.last().expect("an answer");
+    assert_eq!(last["id"], "late");
+    assert_eq!(last["error"]["code"], -32001, "{events:?}");
+    chaos.delay(Duration::ZERO);
+    assert_eq!(c.request_status("ping").await, StatusCode::NOT_FOUND);
+}
