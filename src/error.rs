@@ -180,6 +180,24 @@ impl GatewayError {
         }
     }
 
+    /// How a refusal of a whole HTTP request is counted (`rejections_total{reason}`);
+    /// `None` for failures answered in-band or that refuse nothing.
+    pub fn rejection(&self) -> Option<&'static str> {
+        use GatewayError::*;
+        if self.status() == StatusCode::OK || self.websocket_only() {
+            return None;
+        }
+        Some(match self {
+            BodyTooLarge(_) | TooManySessions(_) | RouteFull(..) => "limit",
+            OriginForbidden(_) => "origin",
+            HostForbidden(_) => "host",
+            UnknownSession | SessionGone(_) | NoRoute => "not_found",
+            ShuttingDown => "draining",
+            _ if self.cause() == Cause::Client => "bad_request",
+            _ => "backend",
+        })
+    }
+
     pub fn cause(&self) -> Cause {
         use GatewayError::*;
         match self {

@@ -13,17 +13,21 @@
 //!   upstreams.
 //! - [`retry`]: the one backoff policy of every outbound path.
 //! - [`server`]: listener and accept loop.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`metrics`]: every Prometheus metric, in one struct built from a registry passed in.
 //! - [`example`]: the built-in example MCP server (default backend, test fixture).
 //!
 //! `main` and the tests both use [`Gateway::bind`] and [`Gateway::run`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod error;
 pub mod example;
 pub mod frontend;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod protocol;
 pub mod retry;
 pub mod server;
@@ -44,10 +48,12 @@ use crate::frontend::App;
 /// Longest wait for connections to close once every session has ended.
 const CONNECTION_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// A gateway whose listener is bound.
+/// A gateway whose listeners are bound.
 pub struct Gateway {
     app: Arc<App>,
     listener: TcpListener,
+    /// The admin listener, when `admin.enabled`.
+    admin: Option<TcpListener>,
 }
 
 fn config_listen(app: &App) -> SocketAddr {
@@ -58,37 +64,75 @@ impl Gateway {
     /// Binds the configured listener (port 0 picks a free port; see [`Gateway::local_addr`]).
     /// `self_exe` is the mcp-edge executable, used for `{self}` commands and the guard.
     pub async fn bind(config: Config, self_exe: PathBuf) -> std::io::Result<Gateway> {
-        let app = App::new(config, self_exe)
+        Gateway::bind_with(config, self_exe, prometheus::Registry::new()).await
+    }
+
+    /// As [`Gateway::bind`], registering the metrics in `registry`.
+    pub async fn bind_with(
+        config: Config,
+        self_exe: PathBuf,
+        registry: prometheus::Registry,
+    ) -> std::io::Result<Gateway> {
+        let metrics = Arc::new(metrics::Metrics::new(registry));
+        let app = App::new(config, self_exe, metrics)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let listener = TcpListener::bind(config_listen(&app)).await?;
-        Ok(Gateway { app, listener })
+        let admin = match app.config.admin.enabled {
+            true => Some(TcpListener::bind(app.config.admin.listen).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("admin listener {}: {e}", app.config.admin.listen))
+            })?),
+            false => None,
+        };
+        Ok(Gateway { app, listener, admin })
     }
 
     /// The example server served in-process at `addr/mcp` (no child, no pipe).
     pub async fn bind_in_process(addr: SocketAddr) -> std::io::Result<Gateway> {
-        let overrides =
-            config::Overrides { server: Some(config::ServerOverrides { listen: Some(addr) }), ..Default::default() };
+        let overrides = config::Overrides {
+            server: Some(config::ServerOverrides { listen: Some(addr) }),
+            admin: Some(config::AdminOverrides { enabled: Some(false), listen: None }),
+            ..Default::default()
+        };
         let config = config::load(&config::Source::BuiltIn, &overrides)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let route = frontend::Route { backend: backend::Backend::Example, websocket: true };
         let routes = [("/mcp".to_string(), route)].into();
         let listener = TcpListener::bind(addr).await?;
-        Ok(Gateway { app: App::with_routes(config, PathBuf::new(), routes), listener })
+        let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new()));
+        Ok(Gateway { app: App::with_routes(config, PathBuf::new(), routes, metrics), listener, admin: None })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then drains in phases: stop accepting; let in-flight
-    /// requests finish for up to `server.shutdown_grace`; end every session (streams close,
-    /// children stop); wait briefly for connections to close.
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves, then drains in phases: report unready (`/readyz` 503)
+    /// and keep serving for `server.drain_delay`; stop accepting; let in-flight requests finish
+    /// for up to `server.shutdown_grace`; end every session (streams close, WebSockets get
+    /// 1001, children stop); wait briefly for connections to close.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Gateway { app, listener } = self;
+        let Gateway { app, listener, admin } = self;
+        let admin_stop = CancellationToken::new();
+        if let Some(admin) = admin {
+            let addr = admin.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(admin = %addr, "Serving /metrics, /healthz and /readyz.");
+            tokio::spawn(admin::serve(admin, app.clone(), admin_stop.clone()));
+        }
+        app.metrics.ready.set(1);
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Listening.");
         let stop = CancellationToken::new();
         let accept = tokio::spawn(server::accept_loop(listener, app.clone(), stop.clone()));
         shutdown.await;
+
+        let delay = app.config.server.drain_delay;
+        app.start_draining();
+        tracing::info!(delay = ?delay, "Shutdown 0/4: /readyz reports 503; still serving while load balancers stop sending.");
+        tokio::time::sleep(delay).await;
 
         tracing::info!("Shutdown 1/4: stopped accepting connections and sessions.");
         stop.cancel();
@@ -118,6 +162,7 @@ impl Gateway {
         if tokio::time::timeout(CONNECTION_CLOSE_WAIT, closed).await.is_err() {
             tracing::warn!("Some connections did not close in time.");
         }
+        admin_stop.cancel();
         tracing::info!("Shutdown complete.");
     }
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mcp_edge::config::{self, LogFormat, LogOverrides, Overrides, ServerOverrides, Source, UpstreamKind};
+use mcp_edge::config::{
+    self, AdminOverrides, LogFormat, LogOverrides, Overrides, ServerOverrides, Source, UpstreamKind,
+};
 
 /// The front door for MCP servers: Streamable HTTP and WebSocket in; stdio, Streamable HTTP and
 /// legacy SSE MCP servers behind.
@@ -83,6 +85,10 @@ struct OverrideArgs {
     /// Log filter such as `info` or `mcp_edge=debug` (overrides log.level).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Serve /metrics, /healthz and /readyz at this address (overrides admin.listen and turns
+    /// the admin listener on, also in quick mode).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
 }
 
 impl OverrideArgs {
@@ -92,6 +98,7 @@ impl OverrideArgs {
             server: self.listen.map(|l| ServerOverrides { listen: Some(l) }),
             log: (self.log_format.is_some() || self.log_level.is_some())
                 .then_some(LogOverrides { format: self.log_format, level: self.log_level }),
+            admin: self.admin_listen.map(|a| AdminOverrides { enabled: Some(true), listen: Some(a) }),
         }
     }
 }
@@ -109,8 +116,9 @@ fn main() -> ExitCode {
                 Ok(c) => {
                     // A backend that cannot be set up (an unset variable, a bad certificate)
                     // fails here, naming its key, rather than at the first session.
+                    let metrics = mcp_edge::metrics::Metrics::new(prometheus::Registry::new());
                     for (name, b) in &c.backends {
-                        if let Err(e) = mcp_edge::backend::Backend::from_config(name, b) {
+                        if let Err(e) = mcp_edge::backend::Backend::from_config(name, b, &metrics) {
                             eprintln!("mcp-edge: invalid configuration: {e}");
                             return ExitCode::from(2);
                         }

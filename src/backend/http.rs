@@ -54,6 +54,10 @@ impl HttpBackend {
         &self.up.name
     }
 
+    pub fn health(&self) -> &super::Health {
+        &self.up.health
+    }
+
     /// Opens a link for one gateway session. Nothing is sent until the client's `initialize`.
     pub fn connect(&self, ctx: &Context) -> Connection {
         let (tx, rx) = mpsc::channel(self.up.config.send_queue);
@@ -323,6 +327,7 @@ impl Link {
     async fn refusal(&self, resp: http::Response<Incoming>, purpose: Purpose<'_>, had: bool, init: bool) -> Outcome {
         let status = resp.status();
         let body = read_body(resp.into_body(), 64 * 1024).await.unwrap_or_default();
+        self.up.metrics.upstream_errors.inc();
         if had && forgot_session(status, &body) {
             return Outcome::SessionLost;
         }
@@ -412,6 +417,7 @@ impl Link {
             }
             tokio::time::sleep(decoder.retry.unwrap_or(DEFAULT_RETRY)).await;
             tracing::debug!(parent: &self.span, last_event_id = %last, "Resuming a broken upstream SSE stream.");
+            self.up.metrics.upstream_resumes.inc();
             match self.resume(&last).await {
                 Ok(b) => body = Some(b),
                 Err(Outcome::SessionLost) => return Outcome::SessionLost,
@@ -541,6 +547,7 @@ impl Link {
             self.internal("resources/subscribe", Some(&params), false).await?;
         }
         self.listen();
+        self.up.metrics.upstream_reinitializations.inc();
         Ok(())
     }
 

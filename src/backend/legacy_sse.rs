@@ -35,6 +35,10 @@ impl SseBackend {
         &self.up.name
     }
 
+    pub fn health(&self) -> &super::Health {
+        &self.up.health
+    }
+
     /// Opens the upstream's SSE stream for one gateway session.
     pub fn connect(&self, _ctx: &Context) -> Connection {
         let (tx, rx) = mpsc::channel(self.up.config.send_queue);

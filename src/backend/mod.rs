@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::config::BackendConfig;
+use crate::metrics::Metrics;
 
 /// What a backend reports to its session.
 #[derive(Debug)]
@@ -79,6 +80,28 @@ pub enum Backend {
     Example,
 }
 
+/// Whether a backend works: the reason of its last failure to connect, until a connect
+/// succeeds again (`/readyz` reports it).
+#[derive(Debug, Default)]
+pub struct Health(std::sync::Mutex<Option<String>>);
+
+impl Health {
+    pub fn failed(&self, why: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
+    }
+
+    pub fn ok(&self) {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_some() {
+            *h = None;
+        }
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Why a connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -87,13 +110,14 @@ pub struct ConnectError(pub String);
 impl Backend {
     /// A backend ready to connect; fails when the configuration names what cannot be had
     /// (an unset environment variable, an unreadable certificate).
-    pub fn from_config(name: &str, config: &BackendConfig) -> Result<Backend, ConnectError> {
+    pub fn from_config(name: &str, config: &BackendConfig, metrics: &Metrics) -> Result<Backend, ConnectError> {
+        let m = metrics.backend(name);
         let upstream = |c: &crate::config::UpstreamConfig| {
-            upstream::Upstream::new(name, c.clone())
+            upstream::Upstream::new(name, c.clone(), m.clone())
                 .map_err(|e| ConnectError(format!("`backends.{name}.{}", e.trim_start_matches('`'))))
         };
         Ok(match config {
-            BackendConfig::Stdio(c) => Backend::Stdio(Arc::new(stdio::StdioBackend::new(name, c.clone()))),
+            BackendConfig::Stdio(c) => Backend::Stdio(Arc::new(stdio::StdioBackend::new(name, c.clone(), m.clone()))),
             BackendConfig::Http(c) => Backend::Http(Arc::new(http::HttpBackend::new(upstream(c)?))),
             BackendConfig::Sse(c) => Backend::Sse(Arc::new(legacy_sse::SseBackend::new(upstream(c)?))),
         })
@@ -105,6 +129,16 @@ impl Backend {
             Backend::Http(b) => b.name(),
             Backend::Sse(b) => b.name(),
             Backend::Example => "example",
+        }
+    }
+
+    /// Why the backend cannot be used now (its last connect failed), if so.
+    pub fn unusable(&self) -> Option<String> {
+        match self {
+            Backend::Stdio(b) => b.health.get(),
+            Backend::Http(b) => b.health().get(),
+            Backend::Sse(b) => b.health().get(),
+            Backend::Example => None,
         }
     }
 

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ConnectError, Connection, Context, Event, Stopper};
 use crate::config::{StdioConfig, SELF_EXE};
 use crate::jsonrpc::codec::{LineCodec, LineError};
+use crate::metrics::{BackendMetrics, Live};
 
 /// Longest stderr line logged whole; longer ones are logged in pieces.
 const STDERR_LINE: usize = 8 * 1024;
@@ -46,11 +47,14 @@ static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 pub struct StdioBackend {
     name: Arc<str>,
     config: StdioConfig,
+    metrics: BackendMetrics,
+    /// Unusable while spawns fail (`/readyz`).
+    pub health: super::Health,
 }
 
 impl StdioBackend {
-    pub fn new(name: &str, config: StdioConfig) -> Self {
-        StdioBackend { name: Arc::from(name), config }
+    pub fn new(name: &str, config: StdioConfig, metrics: BackendMetrics) -> Self {
+        StdioBackend { name: Arc::from(name), config, metrics, health: super::Health::default() }
     }
 
     pub fn name(&self) -> &str {
@@ -94,6 +98,18 @@ impl StdioBackend {
 
     /// Starts a child through the guard and wires its pipes to tasks.
     pub fn spawn(&self, ctx: &Context) -> Result<Connection, ConnectError> {
+        let spawned = self.start(ctx);
+        match &spawned {
+            Ok(_) => self.health.ok(),
+            Err(e) => {
+                self.metrics.crashes.inc();
+                self.health.failed(&e.0);
+            }
+        }
+        spawned
+    }
+
+    fn start(&self, ctx: &Context) -> Result<Connection, ConnectError> {
         let env = self.environment();
         let program = self.resolve(ctx, &env)?;
         let mut cmd = Command::new(&ctx.self_exe);
@@ -134,8 +150,17 @@ impl StdioBackend {
         let reader = tokio::spawn(read_stdout(stdout, self.config.max_line_bytes, events_tx.clone()));
         tokio::spawn(log_stderr(stderr, span.clone()));
         let wait = self.config.stop_wait;
+        let metrics = self.metrics.clone();
+        metrics.spawns.inc();
+        let live = Live::new(metrics.processes.clone());
+        let stopping = close_stdin.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            drop(live);
+            metrics.exits.inc();
+            if !stopping.is_cancelled() {
+                metrics.crashes.inc();
+            }
             let reason = match &status {
                 Ok(s) => format!("backend exited ({})", describe(s)),
                 Err(e) => format!("backend lost: {e}"),

@@ -18,6 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{HeaderValueSource, TlsClientConfig, UpstreamConfig};
+use crate::metrics::BackendMetrics;
 use crate::retry::{Attempts, Backoff};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -37,6 +38,9 @@ pub struct Upstream {
     /// The configured headers, resolved once at start.
     headers: HeaderMap,
     client: HttpClient,
+    pub metrics: BackendMetrics,
+    /// Unusable while connects fail (`/readyz`).
+    pub health: super::Health,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -57,7 +61,7 @@ pub enum SendError {
 }
 
 impl Upstream {
-    pub fn new(name: &str, config: UpstreamConfig) -> Result<Upstream, String> {
+    pub fn new(name: &str, config: UpstreamConfig, metrics: BackendMetrics) -> Result<Upstream, String> {
         let url: Uri = config.url.parse().map_err(|e| format!("`url`: {e}"))?;
         let headers = resolve_headers(&config)?;
         let tls = tls_config(&config.tls, url.scheme_str() == Some("https"))?;
@@ -72,7 +76,7 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(https);
-        Ok(Upstream { name: Arc::from(name), url, config, headers, client })
+        Ok(Upstream { name: Arc::from(name), url, config, headers, client, metrics, health: super::Health::default() })
     }
 
     /// A request to `uri` with the configured headers. Never carries anything of the client's
@@ -99,15 +103,23 @@ impl Upstream {
         let mut attempts = Attempts::new(Backoff::default(), self.config.connect_timeout);
         loop {
             match self.client.request(build()).await {
-                Ok(r) => return Ok(r),
+                Ok(r) => {
+                    self.health.ok();
+                    return Ok(r);
+                }
                 Err(e) if e.is_connect() => {
                     let why = error_chain(&e);
                     if attempts.remaining().is_zero() || !attempts.wait().await {
+                        self.metrics.upstream_errors.inc();
+                        self.health.failed(&format!("cannot connect: {why}"));
                         return Err(SendError::Unreachable { url: self.url.to_string(), why });
                     }
                     tracing::debug!(backend.name = %self.name, attempt = attempts.made, "Retrying a refused upstream connect: {why}.");
                 }
-                Err(e) => return Err(SendError::Failed(error_chain(&e))),
+                Err(e) => {
+                    self.metrics.upstream_errors.inc();
+                    return Err(SendError::Failed(error_chain(&e)));
+                }
             }
         }
     }

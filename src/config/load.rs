@@ -41,6 +41,16 @@ pub struct Overrides {
     pub server: Option<ServerOverrides>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminOverrides>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AdminOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -134,6 +144,10 @@ fn one_route(name: &str, backend: toml::map::Map<String, toml::Value>) -> toml::
     let mut root = toml::map::Map::new();
     root.insert("routes".into(), toml::Value::Array(vec![route.into()]));
     root.insert("backends".into(), backends.into());
+    // Quick mode opens the admin listener only when asked (`--admin-listen`).
+    let mut admin = toml::map::Map::new();
+    admin.insert("enabled".into(), false.into());
+    root.insert("admin".into(), admin.into());
     root.into()
 }
 

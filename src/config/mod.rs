@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{load, LoadError, LogOverrides, Overrides, ServerOverrides, Source, UpstreamKind};
+pub use load::{load, AdminOverrides, LoadError, LogOverrides, Overrides, ServerOverrides, Source, UpstreamKind};
 
 /// The shipped `gateway.toml`: the configuration used when no file is given or found.
 pub const DEFAULT_TOML: &str = include_str!("../../gateway.toml");
@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub legacy_sse: LegacySseConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub log: LogConfig,
     /// Endpoint paths, each bound to a named backend.
     #[serde(default)]
@@ -59,6 +61,10 @@ pub struct ServerConfig {
     /// How long in-flight requests may run on after SIGTERM/SIGINT before they are cut.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM/SIGINT, how long the instance keeps serving (with `/readyz` at 503) before
+    /// it stops accepting, so load balancers stop sending new work first.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +75,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -182,6 +189,21 @@ pub struct LegacySseConfig {
 impl Default for LegacySseConfig {
     fn default() -> Self {
         LegacySseConfig { send_queue: 64, stall_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Its address; keep it off the client listener's network.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9470)) }
     }
 }
 
@@ -556,6 +578,7 @@ mod tests {
         assert_eq!(c.server, ServerConfig::default());
         assert_eq!(c.sessions, SessionConfig::default());
         assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.admin, AdminConfig::default());
         assert_eq!(c.websocket, WebSocketConfig::default());
         assert_eq!(c.legacy_sse, LegacySseConfig::default());
         assert!(c.routes.iter().all(|r| r.sse_path.is_none() && r.messages_path.is_none()));

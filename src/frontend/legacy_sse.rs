@@ -29,7 +29,7 @@ use crate::error::GatewayError;
 use crate::jsonrpc::{error_response, Body as RpcBody, Id, Message};
 use crate::protocol;
 use crate::server::ConnectionCut;
-use crate::session::{Attach, Delivery, EndReason, Frame, SessionHandle, Sink, Target};
+use crate::session::{Attach, Delivery, EndReason, Frame, SessionHandle, Sink, Target, Transport};
 
 /// What a legacy path serves.
 #[derive(Clone, Debug)]
@@ -148,7 +148,7 @@ async fn open(
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
     let backend = &app.routes[route].backend;
-    let session = app.registry.start(route, backend).await.map_err(|e| match e {
+    let session = app.registry.start(route, backend, Transport::LegacySse).await.map_err(|e| match e {
         GatewayError::BackendUnavailable(why) => GatewayError::BackendStartFailed(why),
         other => other,
     })?;
@@ -177,7 +177,8 @@ async fn open(
     tracing::debug!(session.id = %id, "A legacy SSE stream opened.");
     let endpoint = format!("event: endpoint\ndata: {messages_path}?sessionId={}\n\n", encode(&id));
     let opts = StreamOptions { keepalive: app.config.sessions.sse_keepalive, close_after: None };
-    Ok(sse_response(sse::body(vec![endpoint.into()], Some(body_rx), opts)))
+    let meter = sse::Meter::new(&app.metrics, route, "legacy");
+    Ok(sse_response(sse::body(vec![endpoint.into()], Some(body_rx), opts, meter)))
 }
 
 /// `POST messages_path?sessionId=ID`: hands the messages to the session; 202.

@@ -22,6 +22,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::jsonrpc::{error_response, Id};
+use crate::metrics::Metrics;
 use crate::session::Registry;
 
 /// Every response body the gateway sends.
@@ -49,33 +50,84 @@ pub struct App {
     /// Upgraded connections (hyper's graceful shutdown no longer sees them), awaited at the
     /// end of a drain so their close frames go out.
     pub upgraded: tokio_util::task::TaskTracker,
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM/SIGINT: `/readyz` reports 503 from then on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl App {
     /// Builds every route's backend; fails on a backend that cannot be set up.
-    pub fn new(config: Config, self_exe: std::path::PathBuf) -> Result<Arc<App>, crate::backend::ConnectError> {
+    pub fn new(
+        config: Config,
+        self_exe: std::path::PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<App>, crate::backend::ConnectError> {
         let mut routes = HashMap::new();
+        let mut backends: HashMap<&str, Backend> = HashMap::new();
         for r in &config.routes {
-            let backend = Backend::from_config(&r.backend, &config.backends[&r.backend])?;
+            // Routes that name the same backend share it (and its pool of connections).
+            let backend = match backends.get(r.backend.as_str()) {
+                Some(b) => b.clone(),
+                None => Backend::from_config(&r.backend, &config.backends[&r.backend], &metrics)?,
+            };
+            backends.insert(&r.backend, backend.clone());
             routes.insert(r.path.clone(), Route { backend, websocket: r.websocket });
         }
-        Ok(App::with_routes(config, self_exe, routes))
+        Ok(App::with_routes(config, self_exe, routes, metrics))
+    }
+
+    /// Turns `/readyz` to 503 (the first step of a drain).
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.metrics.ready.set(0);
+    }
+
+    /// Why the instance should not get new work now; empty when it is ready.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            reasons.push("draining: the instance is shutting down".to_string());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for route in self.routes.values() {
+            if !seen.insert(route.backend.name().to_owned()) {
+                continue;
+            }
+            if let Some(why) = route.backend.unusable() {
+                reasons.push(format!("backend `{}` is unusable: {why}", route.backend.name()));
+            }
+        }
+        reasons
     }
 
     /// An app whose routes are given rather than built from the configuration.
-    pub fn with_routes(config: Config, self_exe: std::path::PathBuf, routes: HashMap<String, Route>) -> Arc<App> {
+    pub fn with_routes(
+        config: Config,
+        self_exe: std::path::PathBuf,
+        routes: HashMap<String, Route>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<App> {
+        for r in &config.routes {
+            if let Some(max) = r.max_sessions {
+                metrics.limits.with_label_values(&["max_sessions", &r.path]).set(max as i64);
+            }
+        }
+        metrics.limits.with_label_values(&["max_sessions", ""]).set(config.sessions.max_sessions as i64);
         Arc::new(App {
             registry: Registry::new(
                 config.instance_id.clone(),
                 config.sessions.clone(),
                 self_exe,
                 config.routes.iter().filter_map(|r| r.max_sessions.map(|m| (r.path.clone(), m))),
+                metrics.clone(),
             ),
             guard: guard::OriginGuard::new(&config.server),
             legacy_paths: legacy_sse::endpoints(&config.routes, &routes),
             legacy: legacy_sse::Streams::default(),
             routes,
             upgraded: tokio_util::task::TaskTracker::new(),
+            metrics,
+            draining: std::sync::atomic::AtomicBool::new(false),
             config,
         })
     }
@@ -84,6 +136,23 @@ impl App {
 /// Serves one HTTP request: finds what serves its path, checks Origin and Host, and hands the
 /// request to that frontend.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let resp = dispatch(&app, req).await;
+    if let Some(Rejected(reason)) = resp.extensions().get::<Rejected>() {
+        app.metrics.rejections.with_label_values(&[reason]).inc();
+    }
+    // Whole bodies (JSON answers); streams count what they send themselves.
+    if let Some(n) = hyper::body::Body::size_hint(resp.body()).exact().filter(|n| *n > 0) {
+        app.metrics.bytes_sent.with_label_values(&["http"]).inc_by(n);
+    }
+    resp
+}
+
+/// Marks a response that refused a request, with the reason it is counted under.
+#[derive(Clone, Copy, Debug)]
+struct Rejected(&'static str);
+
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let app = app.clone();
     let path = req.uri().path();
     let legacy = app.legacy_paths.get(path).cloned();
     if legacy.is_none() && !app.routes.contains_key(path) {
@@ -122,6 +191,9 @@ pub fn error_reply(err: &GatewayError, id: Option<&Id>) -> Response<Body> {
     }
     if let Some(methods) = err.allow() {
         r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(methods));
+    }
+    if let Some(reason) = err.rejection() {
+        r.extensions_mut().insert(Rejected(reason));
     }
     r
 }

@@ -17,6 +17,7 @@ use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 
 use super::Body;
 use crate::jsonrpc::single_line;
+use crate::metrics::{Live, Metrics};
 use crate::session::{EventId, Frame};
 
 /// `id: <id>\nevent: message\ndata: <json>\n\n`
@@ -46,7 +47,26 @@ pub struct StreamOptions {
     pub close_after: Option<(Duration, Duration)>,
 }
 
+/// What an SSE body counts while it lives: the `sse_streams` gauge it holds up, and the
+/// bytes it sends.
+pub struct Meter {
+    _live: Live,
+    sent: prometheus::IntCounter,
+}
+
+impl Meter {
+    /// `kind`: request, get or legacy.
+    pub fn new(metrics: &Metrics, route: &str, kind: &str) -> Meter {
+        let transport = if kind == "legacy" { "legacy_sse" } else { "http" };
+        Meter {
+            _live: Live::new(metrics.sse_streams.with_label_values(&[route, kind])),
+            sent: metrics.bytes_sent.with_label_values(&[transport]),
+        }
+    }
+}
+
 struct State {
+    meter: Meter,
     prefix: std::vec::IntoIter<Bytes>,
     rx: Option<mpsc::Receiver<Frame>>,
     keepalive: tokio::time::Interval,
@@ -55,11 +75,12 @@ struct State {
 
 /// A body that sends `prefix` (already encoded), then live frames from `rx` (when given),
 /// keep-alive comments while idle, and ends on the stream's last message.
-pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamOptions) -> Body {
+pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamOptions, meter: Meter) -> Body {
     let start = Instant::now() + opts.keepalive;
     let mut keepalive = interval_at(start, opts.keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = State {
+        meter,
         prefix: prefix.into_iter(),
         rx,
         keepalive,
@@ -67,6 +88,7 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
     };
     let frames = stream::unfold(state, |mut st| async move {
         if let Some(chunk) = st.prefix.next() {
+            st.meter.sent.inc_by(chunk.len() as u64);
             return Some((Ok::<_, Infallible>(BodyFrame::data(chunk)), st));
         }
         let rx = st.rx.as_mut()?;
@@ -103,6 +125,7 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
                 Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
             }
         };
+        st.meter.sent.inc_by(chunk.len() as u64);
         Some((Ok(BodyFrame::data(chunk)), st))
     });
     StreamBody::new(frames).boxed_unsync()

@@ -21,7 +21,7 @@ use crate::backend::Backend;
 use crate::error::GatewayError;
 use crate::jsonrpc::{Body as RpcBody, Id, Kind, Message, ParseError};
 use crate::protocol::{self, Era};
-use crate::session::{Attach, Delivery, EndReason, Frame, Opened, SessionHandle, Sink, Target};
+use crate::session::{Attach, Delivery, EndReason, Frame, Opened, SessionHandle, Sink, Target, Transport};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -96,7 +96,11 @@ pub(super) async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes
         return Err(too_large);
     }
     match Limited::new(req.into_body(), limit).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
+        Ok(body) => {
+            let body = body.to_bytes();
+            app.metrics.bytes_received.with_label_values(&["http"]).inc_by(body.len() as u64);
+            Ok(body)
+        }
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large),
         Err(e) => Err(GatewayError::InvalidMessage(format!("the body could not be read: {e}"))),
     }
@@ -154,7 +158,7 @@ async fn post(
     // timeout means it stopped reading: either way the session answers every pending request
     // with an error on `rx`, so the response below still completes.
     let _ = tokio::time::timeout(app.config.sessions.request_timeout, session.forward(&msgs)).await;
-    Ok(respond(app, &version, opened, rx, batch).await)
+    Ok(respond(app, route, &version, opened, rx, batch).await)
 }
 
 pub(super) fn status_only(status: StatusCode) -> Response<Body> {
@@ -188,6 +192,7 @@ pub(super) fn sse_response(body: Body) -> Response<Body> {
 /// SSE otherwise.
 async fn respond(
     app: &App,
+    route: &str,
     version: &str,
     opened: Opened,
     mut rx: mpsc::Receiver<Frame>,
@@ -210,12 +215,12 @@ async fn respond(
                 return json_response(reason.error().status(), data);
             }
             Ok(Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_)) | None) => {
-                return sse_response(sse::body(prefix, None, opts))
+                return sse_response(sse::body(prefix, None, opts, sse::Meter::new(&app.metrics, route, "request")))
             }
             Err(_) => {}
         }
     }
-    sse_response(sse::body(prefix, Some(rx), opts))
+    sse_response(sse::body(prefix, Some(rx), opts, sse::Meter::new(&app.metrics, route, "request")))
 }
 
 /// Ends a session that never got published (initialize failed or the client left).
@@ -238,7 +243,7 @@ async fn initialize(
     msg: Message,
 ) -> Result<Response<Body>, GatewayError> {
     let id = msg.id.clone().expect("requests have ids");
-    let handle = match app.registry.start(route, backend).await {
+    let handle = match app.registry.start(route, backend, Transport::Http).await {
         Ok(h) => h,
         Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &id)),
         Err(e) => return Err(e),
@@ -275,7 +280,7 @@ async fn initialize(
         json_response(StatusCode::OK, data)
     } else {
         before.push(sse::event(event_id, &data));
-        sse_response(sse::body(before, None, stream_options(app, "")))
+        sse_response(sse::body(before, None, stream_options(app, ""), sse::Meter::new(&app.metrics, route, "request")))
     };
     if let Some((version, result)) = initialized {
         app.registry.publish(&handle, &version, result);
@@ -310,7 +315,7 @@ async fn get(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Resp
     let rx = (!opened.complete).then_some(rx);
     // GET streams are never closed early: a resumed stream carries its request to the end.
     let opts = StreamOptions { close_after: None, ..stream_options(app, &version) };
-    Ok(sse_response(sse::body(prefix, rx, opts)))
+    Ok(sse_response(sse::body(prefix, rx, opts, sse::Meter::new(&app.metrics, route, "get"))))
 }
 
 fn delete(app: &App, route: &str, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {

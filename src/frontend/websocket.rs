@@ -36,8 +36,9 @@ use crate::backend::Backend;
 use crate::config::Secret;
 use crate::error::GatewayError;
 use crate::jsonrpc::{error_response, Body as RpcBody, Id, Message, ParseError};
+use crate::metrics::{close_class, Live};
 use crate::protocol;
-use crate::session::{Attach, Delivery, EndReason, EventId, Frame, SessionHandle, Sink, Target};
+use crate::session::{Attach, Delivery, EndReason, EventId, Frame, SessionHandle, Sink, Target, Transport};
 
 /// `_meta` key of the InitializeResult that tells a WebSocket client its session id; a client
 /// that sends it (in `initialize` or later) opts in to event ids.
@@ -278,11 +279,21 @@ impl Connection {
         let writer =
             Writer { app: self.app.clone(), shared: self.shared.clone(), clock: clock.clone(), done: done.clone() };
         let writer = tokio::spawn(writer.run(sink, frames, direct_rx));
+        let m = self.app.metrics.clone();
+        m.websocket_opened.with_label_values(&[&self.route]).inc();
+        let live = Live::new(m.websocket_connections.with_label_values(&[&self.route]));
         let ending = self.read(stream, &direct_tx, &clock, &done).await;
         drop(direct_tx);
         // The writer sends what the reader asked for (a close frame) and then stops.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        let sent = tokio::time::timeout(Duration::from_secs(2), writer).await.ok().and_then(Result::ok).flatten();
         done.cancel();
+        let class = match (sent, &ending) {
+            (Some(code), _) => close_class(Some(code)),
+            (None, Ending::ClientClosed) => "client_closed",
+            (None, Ending::Dropped) => close_class(None),
+        };
+        m.websocket_closed.with_label_values(&[&self.route, class]).inc();
+        drop(live);
         self.finish(ending);
     }
 
@@ -321,7 +332,10 @@ impl Connection {
             };
             clock.touch();
             match next {
-                Some(Ok(WsMessage::Text(text))) => self.on_text(Bytes::from(text), direct).await,
+                Some(Ok(WsMessage::Text(text))) => {
+                    self.app.metrics.bytes_received.with_label_values(&["websocket"]).inc_by(text.len() as u64);
+                    self.on_text(Bytes::from(text), direct).await
+                }
                 Some(Ok(WsMessage::Binary(_))) => {
                     let _ = direct.send(Outgoing::Close(GatewayError::BinaryFrame)).await;
                     return Ending::Dropped;
@@ -415,7 +429,7 @@ impl Connection {
     /// A new session: start it, read its stream, relay `initialize`. The writer publishes the
     /// session when the InitializeResult passes through.
     async fn initialize(&mut self, msg: Message, id: Id) -> Result<(), GatewayError> {
-        let session = self.app.registry.start(&self.route, &self.backend).await?;
+        let session = self.app.registry.start(&self.route, &self.backend, Transport::WebSocket).await?;
         let stream = match session.open(Attach::Connection { after: None, preface: None }, self.sink()).await {
             Ok(o) => o.stream,
             Err(e) => {
@@ -557,12 +571,13 @@ struct Writer {
 }
 
 impl Writer {
+    /// Writes until the connection ends; the close code it sent, if any.
     async fn run(
         self,
         mut sink: SplitSink<Socket, WsMessage>,
         mut frames: mpsc::Receiver<Frame>,
         mut direct: mpsc::Receiver<Outgoing>,
-    ) {
+    ) -> Option<u16> {
         let ws = &self.app.config.websocket;
         let shutdown = self.app.registry.shutdown_signal();
         let mut ping = interval_at(Instant::now() + ws.ping_interval, ws.ping_interval);
@@ -605,6 +620,9 @@ impl Writer {
                     break Some((1001, "the gateway is shutting down".into()));
                 }
             };
+            if let WsMessage::Text(t) = &out {
+                self.app.metrics.bytes_sent.with_label_values(&["websocket"]).inc_by(t.len() as u64);
+            }
             match tokio::time::timeout(ws.stall_timeout, sink.send(out)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break None,
@@ -615,12 +633,13 @@ impl Writer {
                 }
             }
         };
-        if let Some((code, reason)) = close {
-            let frame = CloseFrame { code: code.into(), reason: truncate(&reason, 123).into() };
+        if let Some((code, reason)) = &close {
+            let frame = CloseFrame { code: (*code).into(), reason: truncate(reason, 123).into() };
             let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(WsMessage::Close(Some(frame)))).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
         self.done.cancel();
+        close.map(|(code, _)| code)
     }
 
     fn is_bound(&self) -> bool {

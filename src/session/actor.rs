@@ -34,6 +34,34 @@ struct Pending {
     stream: u64,
     deadline: Instant,
     token: Option<Id>,
+    /// The method's metrics label and when the request arrived.
+    method: &'static str,
+    started: Instant,
+}
+
+/// The request metrics of the session's route.
+pub(super) struct RouteMetrics {
+    in_flight: prometheus::IntGauge,
+    requests: prometheus::IntCounterVec,
+    duration: prometheus::HistogramVec,
+    route: Arc<str>,
+}
+
+impl RouteMetrics {
+    pub(super) fn new(m: &crate::metrics::Metrics, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            in_flight: m.requests_in_flight.with_label_values(&[route]),
+            requests: m.requests.clone(),
+            duration: m.request_duration.clone(),
+            route: Arc::from(route),
+        }
+    }
+
+    fn done(&self, p: &Pending, outcome: &'static str) {
+        self.in_flight.dec();
+        self.requests.with_label_values(&[&self.route, p.method, outcome]).inc();
+        self.duration.with_label_values(&[&self.route, p.method]).observe(p.started.elapsed().as_secs_f64());
+    }
 }
 
 #[derive(Default)]
@@ -69,6 +97,7 @@ struct Stalled {
 
 pub(super) struct Actor {
     config: SessionConfig,
+    metrics: RouteMetrics,
     backend: mpsc::Sender<Bytes>,
     in_flight: Arc<InFlight>,
     pending: HashMap<Id, Pending>,
@@ -89,10 +118,16 @@ pub(super) struct Actor {
 }
 
 impl Actor {
-    pub(super) fn new(config: SessionConfig, backend: mpsc::Sender<Bytes>, in_flight: Arc<InFlight>) -> Self {
+    pub(super) fn new(
+        config: SessionConfig,
+        backend: mpsc::Sender<Bytes>,
+        in_flight: Arc<InFlight>,
+        metrics: RouteMetrics,
+    ) -> Self {
         let buffer = ReplayBuffer::new(config.replay_buffer_messages, config.replay_buffer_bytes);
         Actor {
             config,
+            metrics,
             backend,
             in_flight,
             pending: HashMap::new(),
@@ -198,7 +233,10 @@ impl Actor {
                 self.tokens.insert(token.clone(), id.clone());
             }
             let deadline = now + self.config.request_timeout;
-            self.pending.insert(id, Pending { stream, deadline, token: m.progress_token.clone() });
+            let method = crate::metrics::method_label(m.method().unwrap_or(""));
+            self.metrics.in_flight.inc();
+            self.pending
+                .insert(id, Pending { stream, deadline, token: m.progress_token.clone(), method, started: now });
         }
         self.streams.get_mut(&stream).expect("checked").owed += requests.len();
         self.in_flight.add(requests.len());
@@ -280,7 +318,7 @@ impl Actor {
             }
         };
         match (msg.kind, &msg.id) {
-            (Kind::Result | Kind::Error, Some(id)) => match self.take_pending(id) {
+            (Kind::Result | Kind::Error, Some(id)) => match self.take_pending(id, outcome(msg.kind)) {
                 Some(p) => self.answer(p.stream, line),
                 None => tracing::debug!(id = %id, "Dropped a response to a request no longer in flight."),
             },
@@ -331,7 +369,7 @@ impl Actor {
         let expired: Vec<Id> =
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
-            let Some(p) = self.take_pending(&id) else { continue };
+            let Some(p) = self.take_pending(&id, "timeout") else { continue };
             if self.backend.try_send(cancelled_notification(&id, "request timed out at the gateway")).is_err() {
                 tracing::warn!(id = %id, "Could not tell the backend that a request timed out: its stdin queue is full.");
             }
@@ -363,7 +401,7 @@ impl Actor {
         let by_status = err.status() != http::StatusCode::OK;
         let ids: Vec<Id> = self.pending.keys().cloned().collect();
         for id in ids {
-            if let Some(p) = self.take_pending(&id) {
+            if let Some(p) = self.take_pending(&id, "ended") {
                 let data = error_response(Some(&id), err.rpc_code(), &err.to_string());
                 match self.streams.get_mut(&p.stream) {
                     Some(s) if by_status && !s.persistent => {
@@ -413,8 +451,10 @@ impl Actor {
         }
     }
 
-    fn take_pending(&mut self, id: &Id) -> Option<Pending> {
+    /// Forgets a request in flight; `outcome` labels it in the metrics.
+    fn take_pending(&mut self, id: &Id, outcome: &'static str) -> Option<Pending> {
         let p = self.pending.remove(id)?;
+        self.metrics.done(&p, outcome);
         if let Some(t) = &p.token {
             if self.tokens.get(t) == Some(id) {
                 self.tokens.remove(t);
@@ -426,7 +466,7 @@ impl Actor {
 
     /// A client cancelled a request: forget it; a request stream ends when nothing else is owed.
     fn cancel(&mut self, id: &Id) {
-        let Some(p) = self.take_pending(id) else { return };
+        let Some(p) = self.take_pending(id, "cancelled") else { return };
         let Some(s) = self.streams.get_mut(&p.stream) else { return };
         s.owed -= 1;
         if s.owed == 0 && !s.persistent {
@@ -508,6 +548,13 @@ impl Actor {
                 s.sink = None;
             }
         }
+    }
+}
+
+fn outcome(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Result => "ok",
+        _ => "error",
     }
 }
 

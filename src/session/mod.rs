@@ -98,6 +98,24 @@ pub enum Attach {
     Connection { after: Option<String>, preface: Option<Bytes> },
 }
 
+/// The transport that created a session (a metrics label; the session itself does not care).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Http,
+    WebSocket,
+    LegacySse,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::WebSocket => "websocket",
+            Transport::LegacySse => "legacy_sse",
+        }
+    }
+}
+
 /// Why a session ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EndReason {
@@ -119,6 +137,22 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// A short name for the reason (a metrics label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            EndReason::Deleted => "delete",
+            EndReason::Idle => "idle",
+            EndReason::InitializeFailed => "initialize_failed",
+            EndReason::BackendClosed(_) => "backend_exit",
+            EndReason::Shutdown => "shutdown",
+            EndReason::ClientClosed => "client_closed",
+            EndReason::Stalled => "stalled",
+            EndReason::GraceExpired => "grace_expired",
+            EndReason::ReplayOverflow => "replay_overflow",
+            EndReason::UpstreamLost(_) => "upstream_lost",
+        }
+    }
+
     /// What happened, in words (logs, tombstones, errors).
     pub fn describe(&self) -> String {
         match self {
@@ -311,6 +345,7 @@ pub struct Registry {
     sessions: DashMap<Arc<str>, SessionHandle>,
     /// Sessions that exist, published or still initializing; bounded by `max_sessions`.
     slots: AtomicUsize,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Per-route caps (`routes[].max_sessions`) and the sessions each route holds.
     route_caps: std::collections::HashMap<String, (usize, AtomicUsize)>,
     draining: AtomicBool,
@@ -346,12 +381,14 @@ impl Registry {
         config: SessionConfig,
         self_exe: std::path::PathBuf,
         route_caps: impl IntoIterator<Item = (String, usize)>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Registry> {
         Arc::new(Registry {
             instance_id,
             config,
             sessions: DashMap::new(),
             slots: AtomicUsize::new(0),
+            metrics,
             route_caps: route_caps.into_iter().map(|(path, max)| (path, (max, AtomicUsize::new(0)))).collect(),
             draining: AtomicBool::new(false),
             in_flight: Arc::default(),
@@ -422,7 +459,12 @@ impl Registry {
 
     /// Starts a session that is not yet visible to clients: connects the backend and runs the
     /// session task. [`Registry::publish`] makes it visible once `initialize` succeeded.
-    pub async fn start(self: &Arc<Self>, route: &str, backend: &Backend) -> Result<SessionHandle, GatewayError> {
+    pub async fn start(
+        self: &Arc<Self>,
+        route: &str,
+        backend: &Backend,
+        transport: Transport,
+    ) -> Result<SessionHandle, GatewayError> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(GatewayError::ShuttingDown);
         }
@@ -450,12 +492,24 @@ impl Registry {
             version: OnceLock::new(),
             initialize_result: OnceLock::new(),
         }));
-        let actor = actor::Actor::new(self.config.clone(), conn.tx.clone(), self.in_flight.clone());
+        let m = &self.metrics;
+        let actor = actor::Actor::new(
+            self.config.clone(),
+            conn.tx.clone(),
+            self.in_flight.clone(),
+            actor::RouteMetrics::new(m, route),
+        );
         let shutdown = self.shutdown.clone();
         let registry = self.clone();
-        let span = tracing::info_span!("session", session.id = %handle.id(), backend.name = backend.name());
+        let span = tracing::info_span!("session", session.id = %handle.id(), route = route, backend.name = backend.name(), transport = transport.label());
+        m.sessions_created.with_label_values(&[route, transport.label()]).inc();
+        let live = crate::metrics::Live::new(m.sessions.with_label_values(&[route, transport.label()]));
+        let ended = m.sessions_ended.clone();
+        let route_label: Arc<str> = Arc::from(route);
         self.tasks.spawn(async move {
             let reason = actor.run(rx, conn.events, shutdown).await;
+            ended.with_label_values(&[&route_label, reason.label()]).inc();
+            drop(live);
             if registry.sessions.remove(&*ctx.session_id).is_some() {
                 registry.remember_end(ctx.session_id.clone(), &reason);
             }

@@ -9,6 +9,7 @@ mod concurrency;
 mod errors;
 mod legacy_sse;
 mod lifecycle;
+mod metrics;
 mod processes;
 mod resume;
 mod routing;

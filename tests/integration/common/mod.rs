@@ -25,6 +25,7 @@ pub const EXE: &str = env!("CARGO_BIN_EXE_mcp-edge");
 pub fn default_config() -> Config {
     let overrides = Overrides {
         server: Some(ServerOverrides { listen: Some("127.0.0.1:0".parse().unwrap()) }),
+        admin: Some(config::AdminOverrides { enabled: Some(true), listen: Some("127.0.0.1:0".parse().unwrap()) }),
         ..Default::default()
     };
     let mut c = config::load(&Source::BuiltIn, &overrides).expect("the built-in config loads");
@@ -44,6 +45,8 @@ pub fn stdio(c: &mut Config) -> &mut config::StdioConfig {
 pub struct TestGateway {
     pub url: String,
     pub addr: std::net::SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), when on.
+    pub admin: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -52,11 +55,12 @@ impl TestGateway {
     pub async fn start(config: Config) -> TestGateway {
         let gw = mcp_edge::Gateway::bind(config, EXE.into()).await.expect("binds");
         let addr = gw.local_addr();
+        let admin = gw.admin_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        TestGateway { url: format!("http://{addr}/mcp"), addr, stop: Some(tx), task: Some(task) }
+        TestGateway { url: format!("http://{addr}/mcp"), addr, admin, stop: Some(tx), task: Some(task) }
     }
 
     pub async fn default() -> TestGateway {

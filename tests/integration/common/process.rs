@@ -13,18 +13,20 @@ pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub url: String,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
     /// Every stderr line so far (JSON log records).
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
-    /// Starts `mcp-edge run <args> --listen 127.0.0.1:0 --log-format json` and waits until it
-    /// listens.
+    /// Starts `mcp-edge run <args> --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+    /// --log-format json` and waits until it listens.
     pub fn spawn(args: &[&str]) -> GatewayProcess {
         let mut child = Command::new(EXE)
             .arg("run")
             .args(args)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -46,7 +48,12 @@ impl GatewayProcess {
         });
         let addr: SocketAddr =
             rx.recv_timeout(Duration::from_secs(20)).expect("the gateway reports its address").parse().unwrap();
-        GatewayProcess { child, addr, url: format!("http://{addr}/mcp"), logs }
+        let admin = logs.lock().unwrap().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["admin"].as_str()?.parse().ok()
+        });
+        let admin = admin.expect("the admin listener is on");
+        GatewayProcess { child, addr, url: format!("http://{addr}/mcp"), admin, logs }
     }
 
     pub fn pid(&self) -> i32 {
