@@ -41,7 +41,9 @@ pub struct Decoder {
     event: Option<String>,
     data: String,
     has_data: bool,
-    /// The last event id, as the stream set it.
+    /// An `id:` read in the event being parsed; it counts once the event is dispatched.
+    pending_id: Option<String>,
+    /// The last event id of a dispatched event: where a resumed stream picks up.
     pub last_id: Option<String>,
     /// The reconnection delay the stream asked for.
     pub retry: Option<Duration>,
@@ -57,9 +59,21 @@ impl Decoder {
             event: None,
             data: String::new(),
             has_data: false,
+            pending_id: None,
             last_id: None,
             retry: None,
         }
+    }
+
+    /// Forgets a partly read event (a new body follows a broken one); keeps the last event id
+    /// and the reconnection delay.
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.after_cr = false;
+        self.event = None;
+        self.data.clear();
+        self.has_data = false;
+        self.pending_id = None;
     }
 
     /// Feeds a chunk; returns the events it completed.
@@ -67,10 +81,15 @@ impl Decoder {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         loop {
-            if self.after_cr && self.buf.first() == Some(&b'\n') {
-                self.buf.advance(1);
+            // A `\r\n` split across chunks is one line end: skip the `\n` once it is seen.
+            if self.after_cr {
+                match self.buf.first() {
+                    None => break,
+                    Some(b'\n') => self.buf.advance(1),
+                    Some(_) => {}
+                }
+                self.after_cr = false;
             }
-            self.after_cr = false;
             let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r') else { break };
             self.after_cr = self.buf[end] == b'\r';
             let line = self.buf.split_to(end + 1);
@@ -108,7 +127,7 @@ impl Decoder {
                 self.has_data = true;
             }
             "event" => self.event = Some(value.to_owned()),
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
+            "id" if !value.contains('\0') => self.pending_id = Some(value.to_owned()),
             "retry" => {
                 if let Ok(ms) = value.parse::<u64>() {
                     self.retry = Some(Duration::from_millis(ms));
@@ -120,7 +139,11 @@ impl Decoder {
     }
 
     fn dispatch(&mut self) -> Option<SseEvent> {
-        let event = self.event.take();
+        if let Some(id) = self.pending_id.take() {
+            // An empty id resets the last event id: nothing to resume from.
+            self.last_id = (!id.is_empty()).then_some(id);
+        }
+        let event = self.event.take().filter(|e| !e.is_empty());
         if !std::mem::take(&mut self.has_data) {
             return None;
         }
@@ -158,6 +181,25 @@ mod tests {
         let mut d = Decoder::new(1024);
         assert!(d.feed(b"id: 3-0\n\n").unwrap().is_empty());
         assert_eq!(d.last_id.as_deref(), Some("3-0"));
+    }
+
+    #[test]
+    fn an_id_counts_only_once_its_event_is_complete() {
+        let mut d = Decoder::new(1024);
+        assert!(d.feed(b"id: 1\ndata: a\n\nid: 2\ndata: {\"par").unwrap().len() == 1);
+        assert_eq!(d.last_id.as_deref(), Some("1"), "event 2 broke off: resume after 1");
+        d.reset();
+        let got = d.feed(b"id: 2\ndata: b\n\n").unwrap();
+        assert_eq!(got, vec![SseEvent { event: None, data: "b".into(), id: Some("2".into()) }], "no fragment glued on");
+    }
+
+    #[test]
+    fn a_crlf_split_across_chunks_is_one_line_end() {
+        let mut d = Decoder::new(1024);
+        let mut got = d.feed(b"event: endpoint\r").unwrap();
+        got.extend(d.feed(b"\ndata: /m\r").unwrap());
+        got.extend(d.feed(b"\n\r\n").unwrap());
+        assert_eq!(got, vec![SseEvent { event: Some("endpoint".into()), data: "/m".into(), id: None }]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::event_stream::Decoder;
+use super::event_stream::{Decoder, SseEvent};
 use super::upstream::{media_type, read_body, snippet, Upstream};
 use super::{Connection, Context, Event, Stopper};
 use crate::error::GatewayError;
@@ -84,10 +84,14 @@ async fn link(
     }
     let mut body = resp.into_body();
     let mut decoder = Decoder::new(up.config.max_message_bytes);
-    let endpoint = tokio::time::timeout(up.config.connect_timeout, endpoint(&mut body, &mut decoder))
-        .await
-        .map_err(|_| "the upstream sent no `endpoint` event within connect_timeout".to_string())??;
+    let (endpoint, early) =
+        tokio::time::timeout(up.config.connect_timeout, endpoint(&mut body, &mut decoder))
+            .await
+            .map_err(|_| "the upstream sent no `endpoint` event within connect_timeout".to_string())??;
     let endpoint = resolve(&up.url, &endpoint)?;
+    for event in early.into_iter().filter(|e| e.is_message() && !e.data.trim().is_empty()) {
+        events.send(Event::Message(Bytes::from(event.data))).await.map_err(|_| "the session is gone")?;
+    }
     tracing::debug!(backend.name = %up.name, %endpoint, "The legacy SSE upstream announced its endpoint.");
     let reader = read(body, decoder, events);
     let writer = async {
@@ -106,16 +110,18 @@ async fn link(
     }
 }
 
-/// Reads events until the `endpoint` one; its data.
-async fn endpoint(body: &mut Incoming, decoder: &mut Decoder) -> Result<String, String> {
+/// Reads events until the `endpoint` one: its data, and the events that came with it.
+async fn endpoint(body: &mut Incoming, decoder: &mut Decoder) -> Result<(String, Vec<SseEvent>), String> {
     loop {
         let chunk = match body.frame().await {
             Some(Ok(f)) => f.into_data().unwrap_or_default(),
             _ => return Err("the upstream closed its SSE stream before announcing an endpoint".into()),
         };
-        let found = decoder.feed(&chunk).map_err(|e| e.to_string())?;
-        if let Some(e) = found.into_iter().find(|e| e.event.as_deref() == Some("endpoint")) {
-            return Ok(e.data.trim().to_owned());
+        let mut found = decoder.feed(&chunk).map_err(|e| e.to_string())?;
+        if let Some(i) = found.iter().position(|e| e.event.as_deref() == Some("endpoint")) {
+            let rest = found.split_off(i + 1);
+            let endpoint = found.pop().expect("found at i").data.trim().to_owned();
+            return Ok((endpoint, rest));
         }
     }
 }

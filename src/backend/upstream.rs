@@ -69,12 +69,11 @@ impl Upstream {
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1();
+        let https = match config.http2 {
+            true => builder.enable_http2().wrap_connector(http),
+            false => builder.wrap_connector(http),
+        };
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(https);
         Ok(Upstream { name: Arc::from(name), url, config, headers, client, metrics, health: super::Health::default() })
     }
@@ -112,7 +111,7 @@ impl Upstream {
                     if attempts.remaining().is_zero() || !attempts.wait().await {
                         self.metrics.upstream_errors.inc();
                         self.health.failed(&format!("cannot connect: {why}"));
-                        return Err(SendError::Unreachable { url: self.url.to_string(), why });
+                        return Err(SendError::Unreachable { url: redacted(&self.url), why });
                     }
                     tracing::debug!(backend.name = %self.name, attempt = attempts.made, "Retrying a refused upstream connect: {why}.");
                 }
@@ -123,6 +122,14 @@ impl Upstream {
             }
         }
     }
+}
+
+/// A URL as clients may see it in an error: no user info, no query (either may hold a
+/// credential).
+pub fn redacted(url: &Uri) -> String {
+    let host = url.host().unwrap_or_default();
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{}://{host}{port}{}", url.scheme_str().unwrap_or("http"), url.path())
 }
 
 /// Reads a whole body of at most `max` bytes.

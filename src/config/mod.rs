@@ -288,7 +288,16 @@ pub struct UpstreamConfig {
     /// try the legacy HTTP+SSE transport at the same URL (the spec's client fallback).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sse_fallback: bool,
-    /// Each wait while ending a session upstream (DELETE) and for a broken stream's resume.
+    /// Longest wait for the upstream to accept a notification or response (its 202); past it
+    /// the message is dropped with a warning, so one stuck POST cannot hold up the session.
+    #[serde(default = "default_ack_timeout", with = "duration")]
+    pub ack_timeout: Duration,
+    /// Offer HTTP/2 by ALPN to an `https://` upstream. HTTP/2 carries every session over one
+    /// connection, whose concurrent streams the upstream caps (often at 100) while each
+    /// session holds a GET stream open; HTTP/1.1 (the default) pools a connection per stream.
+    #[serde(default)]
+    pub http2: bool,
+    /// Longest wait for the upstream DELETE when a session ends.
     #[serde(default = "default_stop_wait", with = "duration")]
     pub stop_wait: Duration,
     /// Messages queued towards the upstream before senders wait.
@@ -380,6 +389,9 @@ fn default_stdin_queue() -> usize {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// The host name with every character an id may not hold (`.`, and anything outside
 /// visible ASCII) replaced by `-`.
@@ -415,7 +427,16 @@ impl UpstreamConfig {
         for (name, value) in &self.headers {
             let name_key = key(&format!("headers.{name}"));
             let header: http::HeaderName = name.parse().map_err(|_| invalid(&name_key, "not a valid header name"))?;
-            if matches!(header.as_str(), "host" | "content-length" | "mcp-session-id" | "mcp-protocol-version") {
+            let own = [
+                "host",
+                "content-length",
+                "content-type",
+                "accept",
+                "mcp-session-id",
+                "mcp-protocol-version",
+                "last-event-id",
+            ];
+            if own.contains(&header.as_str()) {
                 return Err(invalid(name_key, "is set by the gateway itself"));
             }
             match value {
@@ -428,8 +449,10 @@ impl UpstreamConfig {
                 _ => {}
             }
         }
-        if self.connect_timeout.is_zero() {
-            return Err(invalid(key("connect_timeout"), "must be longer than 0s"));
+        for (k, d) in [("connect_timeout", self.connect_timeout), ("ack_timeout", self.ack_timeout)] {
+            if d.is_zero() {
+                return Err(invalid(key(k), "must be longer than 0s"));
+            }
         }
         if self.max_message_bytes == 0 || self.send_queue == 0 {
             let k = if self.send_queue == 0 { "send_queue" } else { "max_message_bytes" };
@@ -618,6 +641,7 @@ mod tests {
             url = "https://mcp.example.com/mcp"
             headers = { "x-api-key" = { env = "KEY" }, "x-static" = "v" }
             sse_fallback = true
+            http2 = true
             tls = { ca_file = "/ca.pem", client_cert = "/c.pem", client_key = "/k.pem" }"#,
         )
         .unwrap();

@@ -103,8 +103,8 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
                     event(id, &data)
                 }
                 Some(Frame::Ended { data, .. }) => {
-                    // Too late for a status: the error goes out as the stream's last event.
-                    st.rx = None;
+                    // Too late for a status: the error goes out as an event (a batch may get
+                    // several); the `Closed` that follows ends the stream.
                     let mut out = b"data: ".to_vec();
                     out.extend_from_slice(&single_line(&data));
                     out.extend_from_slice(b"\n\n");

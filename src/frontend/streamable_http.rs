@@ -145,7 +145,11 @@ async fn post(
     let Some(first_request) = first_request else {
         // Only notifications and responses: hand them over and acknowledge.
         session.submit(msgs.clone(), Target::None).await?;
-        session.forward(&msgs).await?;
+        // Bounded like a request's forward: a backend that stopped reading does not hold the
+        // client here for ever.
+        if let Ok(r) = tokio::time::timeout(app.config.sessions.request_timeout, session.forward(&msgs)).await {
+            r?;
+        }
         return Ok(status_only(StatusCode::ACCEPTED));
     };
     let (tx, rx) = mpsc::channel(app.config.sessions.stream_queue);

@@ -238,7 +238,7 @@ async fn when_the_upstream_cannot_be_reinitialized_the_client_gets_a_clean_404()
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_reported_within_the_connect_timeout() {
-    let url = refused_url().await;
+    let url = format!("{}?api_key=hunter2", refused_url().await);
     let gw =
         TestGateway::start(upstream_config(&format!("kind = \"http\"\nurl = \"{url}\"\nconnect_timeout = \"1s\"")))
             .await;
@@ -255,6 +255,7 @@ async fn an_unreachable_upstream_is_reported_within_the_connect_timeout() {
     assert_eq!(body["error"]["code"], -32000);
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("Backend unavailable") && message.contains("cannot reach"), "{message}");
+    assert!(!message.contains("hunter2"), "a credential in the URL stays out of errors: {message}");
     assert!(elapsed < Duration::from_secs(3), "within the connect timeout (took {elapsed:?})");
 }
 
@@ -331,4 +332,18 @@ async fn a_request_already_streaming_gets_the_lost_session_error_in_band() {
     assert_eq!(last["error"]["code"], -32001, "{events:?}");
     chaos.delay(Duration::ZERO);
     assert_eq!(c.request_status("ping").await, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_get_with_404_is_not_reinitialized_over_and_over() {
+    let example = ExampleHttp::start().await;
+    let chaos = Chaos::start(&example.url).await;
+    chaos.refuse_get(true);
+    let gw = gateway_for(&chaos.url).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(text(&c.call_tool("echo", json!({"message": "ok"})).await), "ok");
+    let inits = chaos.methods().iter().filter(|m| *m == "initialize").count();
+    assert_eq!(inits, 1, "a GET 404 means no GET stream, not a forgotten session");
 }

@@ -24,7 +24,7 @@ async fn an_https_upstream_with_an_extra_ca_and_a_client_certificate_speaks_http
     let example = ExampleHttp::start().await;
     let upstream = TlsUpstream::start(&pki, &example.url).await;
     let config = https_backend(&format!(
-        "kind = \"http\"\nurl = \"{}\"\ntls = {{ ca_file = {:?}, client_cert = {:?}, client_key = {:?} }}",
+        "kind = \"http\"\nurl = \"{}\"\nhttp2 = true\ntls = {{ ca_file = {:?}, client_cert = {:?}, client_key = {:?} }}",
         upstream.url, pki.ca, pki.client_cert, pki.client_key
     ));
     let gw = TestGateway::start(config).await;

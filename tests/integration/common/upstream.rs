@@ -72,6 +72,8 @@ pub struct Faults {
     /// Cut the next SSE answer to a POST after this many events (0 = never).
     cut_after: AtomicUsize,
     delay_ms: AtomicU64,
+    /// Answer every GET with 404, as servers that only route POST do.
+    get_404: AtomicBool,
     refuse_initialize: AtomicBool,
     pub seen: Mutex<Vec<Seen>>,
 }
@@ -128,6 +130,10 @@ impl Chaos {
         self.faults.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    pub fn refuse_get(&self, on: bool) {
+        self.faults.get_404.store(on, Ordering::SeqCst);
+    }
+
     pub fn refuse_initialize(&self, on: bool) {
         self.faults.refuse_initialize.store(on, Ordering::SeqCst);
     }
@@ -172,6 +178,9 @@ async fn proxy(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    if parts.method == Method::GET && f.get_404.load(Ordering::SeqCst) {
+        return reply(404, r#"{"error":"Cannot GET /mcp"}"#);
+    }
     if is_init && f.refuse_initialize.load(Ordering::SeqCst) {
         return reply(500, r#"{"error":"the upstream is broken"}"#);
     }
@@ -210,7 +219,8 @@ async fn proxy(
     Response::from_parts(parts, body)
 }
 
-/// Passes a body through until `events` SSE events went by, then breaks the connection.
+/// Passes a body through until `events` SSE events went by, then the first half of the next
+/// chunk — an event cut in the middle — and breaks the connection.
 fn cut_after(body: Incoming, events: usize) -> Body {
     let stream = futures_util::stream::unfold((body, 0usize, false), move |(mut body, mut n, done)| async move {
         if done {
@@ -220,8 +230,12 @@ fn cut_after(body: Incoming, events: usize) -> Body {
             let frame = body.frame().await?;
             let Ok(frame) = frame else { return None };
             let Ok(data) = frame.into_data() else { continue };
+            if n >= events {
+                let half = data.slice(..data.len() / 2);
+                return Some((Ok(Frame::data(half)), (body, n, true)));
+            }
             n += data.windows(2).filter(|w| w == b"\n\n").count();
-            return Some((Ok(Frame::data(data)), (body, n, n >= events)));
+            return Some((Ok(Frame::data(data)), (body, n, false)));
         }
     });
     StreamBody::new(stream).boxed_unsync()
