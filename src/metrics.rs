@@ -238,6 +238,31 @@ mod tests {
         assert_eq!(method_label("x/evil-label-value"), "other");
     }
 
+    /// Every metric the dashboard, the alert rules and the HPA use is one this code exports.
+    #[test]
+    fn deploy_files_use_only_exported_metrics() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/");
+        let files = ["grafana/mcp-edge.json", "prometheus/alerts.yaml", "kubernetes/hpa.yaml"];
+        let source = include_str!("metrics.rs");
+        let process = String::from_utf8(Metrics::new(Registry::new()).render()).unwrap();
+        let mut seen = 0;
+        for f in files {
+            let text = std::fs::read_to_string(format!("{root}{f}")).unwrap();
+            for (i, _) in text.match_indices("mcp_edge_").chain(text.match_indices("process_")) {
+                let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let base =
+                    ["_bucket", "_count", "_sum"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+                let known = match base.strip_prefix("mcp_edge_") {
+                    Some(short) => source.contains(&format!("\"{short}\"")),
+                    None => process.contains(base),
+                };
+                assert!(known, "{f} uses `{name}`, which mcp-edge does not export");
+                seen += 1;
+            }
+        }
+        assert!(seen > 20, "the files were read");
+    }
+
     #[test]
     fn guards_bring_gauges_back() {
         let m = Metrics::new(Registry::new());
