@@ -57,7 +57,7 @@ pub struct Gateway {
 }
 
 fn config_listen(app: &App) -> SocketAddr {
-    app.config.server.listen
+    app.served().config.server.listen
 }
 
 impl Gateway {
@@ -77,9 +77,9 @@ impl Gateway {
         let app = App::new(config, self_exe, metrics)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let listener = TcpListener::bind(config_listen(&app)).await?;
-        let admin = match app.config.admin.enabled {
-            true => Some(TcpListener::bind(app.config.admin.listen).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("admin listener {}: {e}", app.config.admin.listen))
+        let admin = match app.served().config.admin.enabled {
+            true => Some(TcpListener::bind(app.served().config.admin.listen).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("admin listener {}: {e}", app.served().config.admin.listen))
             })?),
             false => None,
         };
@@ -106,6 +106,11 @@ impl Gateway {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// A handle that applies reloaded configurations to this gateway (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.app.clone())
+    }
+
     /// The admin listener's address, when it is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
@@ -129,7 +134,7 @@ impl Gateway {
         let accept = tokio::spawn(server::accept_loop(listener, app.clone(), stop.clone()));
         shutdown.await;
 
-        let delay = app.config.server.drain_delay;
+        let delay = app.served().config.server.drain_delay;
         app.start_draining();
         tracing::info!(delay = ?delay, "Shutdown 0/4: /readyz reports 503; still serving while load balancers stop sending.");
         tokio::time::sleep(delay).await;
@@ -140,7 +145,7 @@ impl Gateway {
         let graceful = accept.await.expect("the accept loop does not panic");
         let connections = tokio::spawn(graceful.shutdown());
 
-        let grace = app.config.server.shutdown_grace;
+        let grace = app.served().config.server.shutdown_grace;
         let waiting = app.registry.in_flight().get();
         tracing::info!(in_flight = waiting, grace = ?grace, "Shutdown 2/4: letting in-flight requests finish.");
         if tokio::time::timeout(grace, app.registry.in_flight().drained()).await.is_err() {
@@ -164,5 +169,37 @@ impl Gateway {
         }
         admin_stop.cancel();
         tracing::info!("Shutdown complete.");
+    }
+}
+
+/// Applies a reloaded configuration to a running gateway.
+#[derive(Clone)]
+pub struct Reloader(Arc<App>);
+
+impl Reloader {
+    /// Routes, backends, Origin/Host rules, limits and timeouts apply to new requests and new
+    /// sessions; live sessions keep their backend. Returns the changed keys that need a
+    /// restart (they keep their old values); fails, changing nothing, when a backend cannot
+    /// be set up.
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, backend::ConnectError> {
+        let old = self.0.served();
+        let old = &old.config;
+        let mut restart = Vec::new();
+        let checks: [(&'static str, bool); 5] = [
+            ("server.listen", old.server.listen != config.server.listen),
+            ("admin.enabled", old.admin.enabled != config.admin.enabled),
+            ("admin.listen", old.admin.listen != config.admin.listen),
+            ("instance_id", old.instance_id != config.instance_id),
+            ("log.format", old.log.format != config.log.format),
+        ];
+        restart.extend(checks.iter().filter(|(_, changed)| *changed).map(|(k, _)| *k));
+        let mut config = config;
+        // Keys that need a restart keep the values the process runs with.
+        config.server.listen = old.server.listen;
+        config.admin = old.admin.clone();
+        config.instance_id = old.instance_id.clone();
+        config.log.format = old.log.format;
+        self.0.reload(config)?;
+        Ok(restart)
     }
 }

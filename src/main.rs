@@ -147,16 +147,19 @@ fn main() -> ExitCode {
         }
         Command::Run { source, stdio, upstream, upstream_kind, overrides } => {
             let source = Source::choose_with(source.config, stdio, upstream, upstream_kind);
-            let config = match config::load(&source, &overrides.into_overrides()) {
+            let overrides = overrides.into_overrides();
+            let overrides_again = overrides.clone();
+            let config = match config::load(&source, &overrides) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("mcp-edge: invalid configuration: {e}");
                     return ExitCode::from(2);
                 }
             };
-            init_logs(&config.log);
+            let logs = init_logs(&config.log);
             raise_fd_limit();
-            runtime().block_on(run(config)).map_or_else(report, |_| ExitCode::SUCCESS)
+            let reload = Reload { source, overrides: overrides_again, logs };
+            runtime().block_on(run(config, reload)).map_or_else(report, |_| ExitCode::SUCCESS)
         }
     }
 }
@@ -180,17 +183,68 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts")
 }
 
-async fn run(config: config::Config) -> anyhow::Result<()> {
+/// What SIGHUP needs: where the configuration came from, the flags that override it, and the
+/// log filter to change.
+struct Reload {
+    source: Source,
+    overrides: Overrides,
+    logs: LogHandle,
+}
+
+async fn run(config: config::Config, reload: Reload) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot locate the mcp-edge executable")?;
     let listen = config.server.listen;
+    let level = config.log.level.clone();
     let gateway = match mcp_edge::Gateway::bind(config, exe).await {
         Ok(g) => g,
         // A backend that cannot be set up (see `check`).
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => anyhow::bail!("invalid configuration: {e}"),
         Err(e) => return Err(e).with_context(|| format!("cannot listen on {listen}")),
     };
+    tokio::spawn(reload_on_sighup(gateway.reloader(), reload, level));
     gateway.run(shutdown_signal()).await;
     Ok(())
+}
+
+/// On every SIGHUP, reads the configuration file again and applies it: routes, backends,
+/// limits and the log level for new work. An invalid file changes nothing.
+async fn reload_on_sighup(gateway: mcp_edge::Reloader, reload: Reload, mut level: String) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let Source::File(path) = &reload.source else {
+            tracing::info!(
+                "Received SIGHUP; there is no configuration file to reload (quick mode or the built-in default)."
+            );
+            continue;
+        };
+        tracing::info!(file = %path.display(), "Received SIGHUP; reloading the configuration.");
+        let config = match config::load(&reload.source, &reload.overrides) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("The configuration was not reloaded, the old one stays: {e}");
+                continue;
+            }
+        };
+        let new_level = config.log.level.clone();
+        match gateway.reload(config) {
+            Ok(restart) => {
+                if !restart.is_empty() {
+                    tracing::warn!(keys = ?restart, "These changed keys need a restart; they keep their old values.");
+                }
+                if new_level != level && std::env::var_os("RUST_LOG").is_none() {
+                    match reload.logs.modify(|f| *f = tracing_subscriber::EnvFilter::new(&new_level)) {
+                        Ok(()) => level = new_level,
+                        Err(e) => tracing::warn!("The log level could not change: {e}"),
+                    }
+                }
+                tracing::info!(
+                    "The configuration was reloaded; new sessions use it, live sessions keep their backend."
+                );
+            }
+            Err(e) => tracing::error!("The configuration was not reloaded, the old one stays: {e}"),
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -206,13 +260,20 @@ async fn shutdown_signal() {
     tracing::info!(signal = name, "Received a shutdown signal.");
 }
 
-fn init_logs(log: &config::LogConfig) {
-    use tracing_subscriber::EnvFilter;
+type LogHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Logs to stderr; the returned handle changes the filter (SIGHUP with a new `log.level`).
+fn init_logs(log: &config::LogConfig) -> LogHandle {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).with_writer(std::io::stderr);
+    let layer = fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(layer.json().flatten_event(true)).init(),
+        LogFormat::Text => registry.with(layer).init(),
     }
+    handle
 }

@@ -147,12 +147,14 @@ async fn open(
     if !accepts(req.headers(), "text/event-stream") {
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
-    let backend = &app.routes[route].backend;
-    let session = app.registry.start(route, backend, Transport::LegacySse).await.map_err(|e| match e {
+    let Some(backend) = app.served().routes.get(route).map(|r| r.backend.clone()) else {
+        return Err(GatewayError::NoRoute);
+    };
+    let session = app.registry.start(route, &backend, Transport::LegacySse).await.map_err(|e| match e {
         GatewayError::BackendUnavailable(why) => GatewayError::BackendStartFailed(why),
         other => other,
     })?;
-    let (tx, frames) = mpsc::channel(app.config.legacy_sse.send_queue);
+    let (tx, frames) = mpsc::channel(app.served().config.legacy_sse.send_queue);
     let attach = Attach::Connection { after: None, preface: None };
     let stream = match session.open(attach, Sink::new(tx, Delivery::Backpressure)).await {
         Ok(opened) => opened.stream,
@@ -176,7 +178,7 @@ async fn open(
     tokio::spawn(Pump { app: app.clone(), conn, cut }.run(frames, out));
     tracing::debug!(session.id = %id, "A legacy SSE stream opened.");
     let endpoint = format!("event: endpoint\ndata: {messages_path}?sessionId={}\n\n", encode(&id));
-    let opts = StreamOptions { keepalive: app.config.sessions.sse_keepalive, close_after: None };
+    let opts = StreamOptions { keepalive: app.served().config.sessions.sse_keepalive, close_after: None };
     let meter = sse::Meter::new(&app.metrics, route, "legacy");
     Ok(sse_response(sse::body(vec![endpoint.into()], Some(body_rx), opts, meter)))
 }
@@ -200,12 +202,12 @@ async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Res
         if e.status() != StatusCode::OK {
             return Err(e);
         }
-        conn.answer_in_band(&e, first_request.as_ref(), app.config.legacy_sse.stall_timeout).await;
+        conn.answer_in_band(&e, first_request.as_ref(), app.served().config.legacy_sse.stall_timeout).await;
         return Ok(status_only(StatusCode::ACCEPTED));
     }
     // A backend that stopped reading: its session answers the requests with errors, on the
     // stream, once their timeout passes.
-    let _ = tokio::time::timeout(app.config.sessions.request_timeout, conn.session.forward(&msgs)).await;
+    let _ = tokio::time::timeout(app.served().config.sessions.request_timeout, conn.session.forward(&msgs)).await;
     Ok(status_only(StatusCode::ACCEPTED))
 }
 
@@ -259,7 +261,7 @@ struct Pump {
 
 impl Pump {
     async fn run(self, mut frames: mpsc::Receiver<Frame>, out: mpsc::Sender<Frame>) {
-        let stall = self.app.config.legacy_sse.stall_timeout;
+        let stall = self.app.served().config.legacy_sse.stall_timeout;
         let ending = loop {
             // Cancel-safe: a channel receive and the body's closing; neither loses a frame.
             let frame = tokio::select! {

@@ -36,15 +36,53 @@ pub struct Route {
     pub websocket: bool,
 }
 
-/// What every request handler shares.
-pub struct App {
+/// What one configuration serves: replaced whole when the configuration is reloaded, while
+/// requests in progress finish with the one they started with.
+pub struct Served {
     pub config: Config,
-    pub registry: Arc<Registry>,
     pub guard: guard::OriginGuard,
     /// Route path → what serves it.
     pub routes: HashMap<String, Route>,
     /// Legacy HTTP+SSE paths (`sse_path`, `messages_path`) → what they serve.
     pub legacy_paths: HashMap<String, legacy_sse::Endpoint>,
+}
+
+impl Served {
+    /// Builds every route's backend; fails on a backend that cannot be set up.
+    fn build(config: Config, metrics: &Metrics) -> Result<Served, crate::backend::ConnectError> {
+        let mut routes = HashMap::new();
+        let mut backends: HashMap<&str, Backend> = HashMap::new();
+        for r in &config.routes {
+            // Routes that name the same backend share it (and its pool of connections).
+            let backend = match backends.get(r.backend.as_str()) {
+                Some(b) => b.clone(),
+                None => Backend::from_config(&r.backend, &config.backends[&r.backend], metrics)?,
+            };
+            backends.insert(&r.backend, backend.clone());
+            routes.insert(r.path.clone(), Route { backend, websocket: r.websocket });
+        }
+        Ok(Served::with_routes(config, routes))
+    }
+
+    fn with_routes(config: Config, routes: HashMap<String, Route>) -> Served {
+        Served {
+            guard: guard::OriginGuard::new(&config.server),
+            legacy_paths: legacy_sse::endpoints(&config.routes, &routes),
+            routes,
+            config,
+        }
+    }
+
+    fn route_caps(&self) -> Vec<(String, usize)> {
+        self.config.routes.iter().filter_map(|r| r.max_sessions.map(|m| (r.path.clone(), m))).collect()
+    }
+}
+
+/// What every request handler shares.
+pub struct App {
+    /// The configuration in force and what it serves; see [`App::served`].
+    served: std::sync::RwLock<Arc<Served>>,
+    pub registry: Arc<Registry>,
     /// The open legacy event streams.
     pub legacy: legacy_sse::Streams,
     /// Upgraded connections (hyper's graceful shutdown no longer sees them), awaited at the
@@ -62,18 +100,55 @@ impl App {
         self_exe: std::path::PathBuf,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<App>, crate::backend::ConnectError> {
-        let mut routes = HashMap::new();
-        let mut backends: HashMap<&str, Backend> = HashMap::new();
-        for r in &config.routes {
-            // Routes that name the same backend share it (and its pool of connections).
-            let backend = match backends.get(r.backend.as_str()) {
-                Some(b) => b.clone(),
-                None => Backend::from_config(&r.backend, &config.backends[&r.backend], &metrics)?,
-            };
-            backends.insert(&r.backend, backend.clone());
-            routes.insert(r.path.clone(), Route { backend, websocket: r.websocket });
-        }
-        Ok(App::with_routes(config, self_exe, routes, metrics))
+        let served = Served::build(config, &metrics)?;
+        Ok(App::with_served(served, self_exe, metrics))
+    }
+
+    /// An app whose routes are given rather than built from the configuration.
+    pub fn with_routes(
+        config: Config,
+        self_exe: std::path::PathBuf,
+        routes: HashMap<String, Route>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<App> {
+        App::with_served(Served::with_routes(config, routes), self_exe, metrics)
+    }
+
+    fn with_served(served: Served, self_exe: std::path::PathBuf, metrics: Arc<Metrics>) -> Arc<App> {
+        let config = &served.config;
+        let registry = Registry::new(
+            config.instance_id.clone(),
+            config.sessions.clone(),
+            self_exe,
+            served.route_caps(),
+            metrics.clone(),
+        );
+        publish_limits(&metrics, config);
+        Arc::new(App {
+            served: std::sync::RwLock::new(Arc::new(served)),
+            registry,
+            legacy: legacy_sse::Streams::default(),
+            upgraded: tokio_util::task::TaskTracker::new(),
+            metrics,
+            draining: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration in force and what it serves (a cheap snapshot; a reload replaces it
+    /// for later callers).
+    pub fn served(&self) -> Arc<Served> {
+        self.served.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a reloaded configuration: routes, backends, Origin/Host rules, limits and
+    /// timeouts take effect for new requests and new sessions; live sessions keep their
+    /// backend. Fails, changing nothing, when a backend cannot be set up.
+    pub fn reload(&self, config: Config) -> Result<(), crate::backend::ConnectError> {
+        let served = Served::build(config, &self.metrics)?;
+        self.registry.reconfigure(served.config.sessions.clone(), served.route_caps());
+        publish_limits(&self.metrics, &served.config);
+        *self.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
+        Ok(())
     }
 
     /// Turns `/readyz` to 503 (the first step of a drain).
@@ -88,8 +163,9 @@ impl App {
         if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
             reasons.push("draining: the instance is shutting down".to_string());
         }
+        let served = self.served();
         let mut seen = std::collections::HashSet::new();
-        for route in self.routes.values() {
+        for route in served.routes.values() {
             if !seen.insert(route.backend.name().to_owned()) {
                 continue;
             }
@@ -99,38 +175,17 @@ impl App {
         }
         reasons
     }
+}
 
-    /// An app whose routes are given rather than built from the configuration.
-    pub fn with_routes(
-        config: Config,
-        self_exe: std::path::PathBuf,
-        routes: HashMap<String, Route>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<App> {
-        for r in &config.routes {
-            if let Some(max) = r.max_sessions {
-                metrics.limits.with_label_values(&["max_sessions", &r.path]).set(max as i64);
-            }
+/// The configured limits as gauges.
+fn publish_limits(metrics: &Metrics, config: &Config) {
+    metrics.limits.reset();
+    for r in &config.routes {
+        if let Some(max) = r.max_sessions {
+            metrics.limits.with_label_values(&["max_sessions", &r.path]).set(max as i64);
         }
-        metrics.limits.with_label_values(&["max_sessions", ""]).set(config.sessions.max_sessions as i64);
-        Arc::new(App {
-            registry: Registry::new(
-                config.instance_id.clone(),
-                config.sessions.clone(),
-                self_exe,
-                config.routes.iter().filter_map(|r| r.max_sessions.map(|m| (r.path.clone(), m))),
-                metrics.clone(),
-            ),
-            guard: guard::OriginGuard::new(&config.server),
-            legacy_paths: legacy_sse::endpoints(&config.routes, &routes),
-            legacy: legacy_sse::Streams::default(),
-            routes,
-            upgraded: tokio_util::task::TaskTracker::new(),
-            metrics,
-            draining: std::sync::atomic::AtomicBool::new(false),
-            config,
-        })
     }
+    metrics.limits.with_label_values(&["max_sessions", ""]).set(config.sessions.max_sessions as i64);
 }
 
 /// Serves one HTTP request: finds what serves its path, checks Origin and Host, and hands the
@@ -154,11 +209,12 @@ struct Rejected(&'static str);
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let app = app.clone();
     let path = req.uri().path();
-    let legacy = app.legacy_paths.get(path).cloned();
-    if legacy.is_none() && !app.routes.contains_key(path) {
+    let served = app.served();
+    let legacy = served.legacy_paths.get(path).cloned();
+    if legacy.is_none() && !served.routes.contains_key(path) {
         return error_reply(&GatewayError::NoRoute, None);
     }
-    if let Err(e) = app.guard.check(req.headers(), req.uri().host()) {
+    if let Err(e) = served.guard.check(req.headers(), req.uri().host()) {
         return error_reply(&e, None);
     }
     match legacy {

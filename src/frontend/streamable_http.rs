@@ -29,7 +29,7 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Serves one HTTP request on a route path (Origin and Host already checked).
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let route = req.uri().path().to_owned();
-    let Some(entry) = app.routes.get(&route) else {
+    let Some(entry) = app.served().routes.get(&route).cloned() else {
         return error_reply(&GatewayError::NoRoute, None);
     };
     let backend = &entry.backend;
@@ -89,7 +89,7 @@ pub(super) fn parse_body(bytes: &Bytes) -> Result<RpcBody, GatewayError> {
 }
 
 pub(super) async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, GatewayError> {
-    let limit = app.config.server.max_body_bytes;
+    let limit = app.served().config.server.max_body_bytes;
     let too_large = GatewayError::BodyTooLarge(limit);
     let declared = header(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -147,12 +147,13 @@ async fn post(
         session.submit(msgs.clone(), Target::None).await?;
         // Bounded like a request's forward: a backend that stopped reading does not hold the
         // client here for ever.
-        if let Ok(r) = tokio::time::timeout(app.config.sessions.request_timeout, session.forward(&msgs)).await {
+        if let Ok(r) = tokio::time::timeout(app.served().config.sessions.request_timeout, session.forward(&msgs)).await
+        {
             r?;
         }
         return Ok(status_only(StatusCode::ACCEPTED));
     };
-    let (tx, rx) = mpsc::channel(app.config.sessions.stream_queue);
+    let (tx, rx) = mpsc::channel(app.served().config.sessions.stream_queue);
     let opened = match session.submit(msgs.clone(), Target::NewStream(Sink::new(tx, Delivery::Detach))).await {
         Ok(o) => o,
         Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &first_request)),
@@ -161,7 +162,7 @@ async fn post(
     // A failed write means the backend is gone, and a write that waits past the request
     // timeout means it stopped reading: either way the session answers every pending request
     // with an error on `rx`, so the response below still completes.
-    let _ = tokio::time::timeout(app.config.sessions.request_timeout, session.forward(&msgs)).await;
+    let _ = tokio::time::timeout(app.served().config.sessions.request_timeout, session.forward(&msgs)).await;
     Ok(respond(app, route, &version, opened, rx, batch).await)
 }
 
@@ -178,7 +179,7 @@ fn in_band(err: &GatewayError, id: &Id) -> Response<Body> {
 
 /// Options of a POST response stream: SEP-1699 early close applies to these only.
 fn stream_options(app: &App, version: &str) -> StreamOptions {
-    let s = &app.config.sessions;
+    let s = &app.served().config.sessions;
     let close = !s.sse_close_after.is_zero() && protocol::wants_priming(version);
     StreamOptions { keepalive: s.sse_keepalive, close_after: close.then_some((s.sse_close_after, s.sse_retry)) }
 }
@@ -209,7 +210,7 @@ async fn respond(
     }
     if !batch {
         // Cancel-safe: a frame is either returned or still in the channel.
-        match tokio::time::timeout(app.config.sessions.json_wait, rx.recv()).await {
+        match tokio::time::timeout(app.served().config.sessions.json_wait, rx.recv()).await {
             Ok(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
             Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
             // The session ended in a way the client must act on (initialize again): say so
@@ -253,7 +254,7 @@ async fn initialize(
         Err(e) => return Err(e),
     };
     let mut guard = Unpublished(Some(handle.clone()));
-    let (tx, mut rx) = mpsc::channel(app.config.sessions.stream_queue);
+    let (tx, mut rx) = mpsc::channel(app.served().config.sessions.stream_queue);
     if let Err(e) = handle.submit(vec![msg.clone()], Target::NewStream(Sink::new(tx, Delivery::Detach))).await {
         // The backend died before the session took the request.
         let e = if e == GatewayError::UnknownSession {
@@ -305,7 +306,7 @@ async fn get(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Resp
     let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
     let last_event_id = header(headers, "last-event-id").map(str::to_owned);
     let resumed = last_event_id.is_some();
-    let (tx, rx) = mpsc::channel(app.config.sessions.stream_queue);
+    let (tx, rx) = mpsc::channel(app.served().config.sessions.stream_queue);
     let attach = match last_event_id {
         Some(id) => Attach::After(id),
         None => Attach::Standalone,

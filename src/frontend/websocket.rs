@@ -101,7 +101,7 @@ pub async fn accept(
     // Kept for authentication; never echoed, never logged.
     let credential = offered.iter().find_map(|p| p.strip_prefix(AUTH_PREFIX)).map(|t| Secret(t.to_owned()));
 
-    let (frames_tx, frames_rx) = mpsc::channel(app.config.websocket.send_queue);
+    let (frames_tx, frames_rx) = mpsc::channel(app.served().config.websocket.send_queue);
     let mut conn = Connection {
         app: app.clone(),
         route,
@@ -148,7 +148,7 @@ pub async fn accept(
 /// Buffers sized on purpose: a small eager read buffer (idle connections are the common
 /// case), no write batching, inbound messages and frames capped.
 fn socket_config(app: &App) -> WebSocketConfig {
-    let ws = &app.config.websocket;
+    let ws = &app.served().config.websocket;
     WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_bytes)
         .write_buffer_size(0)
@@ -343,7 +343,7 @@ impl Connection {
                 Some(Ok(WsMessage::Close(_))) => return Ending::ClientClosed,
                 Some(Ok(_)) => {} // Pings are answered by the library; pongs only prove life.
                 Some(Err(WsError::Capacity(_))) => {
-                    let limit = self.app.config.websocket.max_message_bytes;
+                    let limit = self.app.served().config.websocket.max_message_bytes;
                     let _ = direct.send(Outgoing::Close(GatewayError::MessageTooLarge(limit))).await;
                     return Ending::Dropped;
                 }
@@ -578,7 +578,7 @@ impl Writer {
         mut frames: mpsc::Receiver<Frame>,
         mut direct: mpsc::Receiver<Outgoing>,
     ) -> Option<u16> {
-        let ws = &self.app.config.websocket;
+        let ws = &self.app.served().config.websocket;
         let shutdown = self.app.registry.shutdown_signal();
         let mut ping = interval_at(Instant::now() + ws.ping_interval, ws.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -341,13 +341,15 @@ impl InFlight {
 /// All sessions of this instance.
 pub struct Registry {
     instance_id: String,
-    config: SessionConfig,
+    /// Limits and timeouts for new sessions; replaced on reload (a session keeps its own copy).
+    config: std::sync::RwLock<Arc<SessionConfig>>,
     sessions: DashMap<Arc<str>, SessionHandle>,
     /// Sessions that exist, published or still initializing; bounded by `max_sessions`.
     slots: AtomicUsize,
     metrics: Arc<crate::metrics::Metrics>,
-    /// Per-route caps (`routes[].max_sessions`) and the sessions each route holds.
-    route_caps: std::collections::HashMap<String, (usize, AtomicUsize)>,
+    /// Per-route caps (`routes[].max_sessions`) and the sessions each route holds: route path
+    /// → (cap, live sessions). Caps change on reload; counts carry over.
+    route_caps: DashMap<String, (AtomicUsize, AtomicUsize)>,
     draining: AtomicBool,
     in_flight: Arc<InFlight>,
     /// Session tasks and their backend stops, awaited on shutdown.
@@ -368,8 +370,8 @@ struct Slot(Arc<Registry>, Arc<str>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.slots.fetch_sub(1, Ordering::SeqCst);
-        if let Some((_, live)) = self.0.route_caps.get(&*self.1) {
-            live.fetch_sub(1, Ordering::SeqCst);
+        if let Some(cap) = self.0.route_caps.get(&*self.1) {
+            cap.1.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -383,24 +385,46 @@ impl Registry {
         route_caps: impl IntoIterator<Item = (String, usize)>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Registry> {
-        Arc::new(Registry {
+        let registry = Arc::new(Registry {
             instance_id,
-            config,
+            config: std::sync::RwLock::new(Arc::new(config.clone())),
             sessions: DashMap::new(),
             slots: AtomicUsize::new(0),
             metrics,
-            route_caps: route_caps.into_iter().map(|(path, max)| (path, (max, AtomicUsize::new(0)))).collect(),
+            route_caps: DashMap::new(),
             draining: AtomicBool::new(false),
             in_flight: Arc::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             self_exe,
             ended: Mutex::new(VecDeque::new()),
-        })
+        });
+        registry.reconfigure(config, route_caps);
+        registry
     }
 
-    pub fn config(&self) -> &SessionConfig {
-        &self.config
+    /// The limits and timeouts new sessions get.
+    pub fn config(&self) -> Arc<SessionConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// New limits for new sessions (a reload): the instance cap, timeouts and buffers, and
+    /// the per-route caps. Live sessions keep what they started with.
+    pub fn reconfigure(&self, config: SessionConfig, route_caps: impl IntoIterator<Item = (String, usize)>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        let caps: std::collections::HashMap<String, usize> = route_caps.into_iter().collect();
+        for entry in self.route_caps.iter() {
+            if !caps.contains_key(entry.key()) {
+                entry.value().0.store(usize::MAX, Ordering::SeqCst);
+            }
+        }
+        for (path, max) in caps {
+            self.route_caps
+                .entry(path)
+                .or_insert_with(|| (AtomicUsize::new(max), AtomicUsize::new(0)))
+                .0
+                .store(max, Ordering::SeqCst);
+        }
     }
 
     /// Unpublishes a session (DELETE): from now on its id gets 404.
@@ -468,15 +492,23 @@ impl Registry {
         if self.draining.load(Ordering::SeqCst) {
             return Err(GatewayError::ShuttingDown);
         }
-        if self.slots.fetch_add(1, Ordering::SeqCst) >= self.config.max_sessions {
+        let config = self.config();
+        if self.slots.fetch_add(1, Ordering::SeqCst) >= config.max_sessions {
             self.slots.fetch_sub(1, Ordering::SeqCst);
-            return Err(GatewayError::TooManySessions(self.config.max_sessions));
+            return Err(GatewayError::TooManySessions(config.max_sessions));
         }
-        if let Some((max, live)) = self.route_caps.get(route) {
-            if live.fetch_add(1, Ordering::SeqCst) >= *max {
+        {
+            // Every route's sessions are counted, capped or not, so a cap set by a reload
+            // counts the sessions already there.
+            let cap = self
+                .route_caps
+                .entry(route.to_owned())
+                .or_insert_with(|| (AtomicUsize::new(usize::MAX), AtomicUsize::new(0)));
+            let (max, live) = (cap.0.load(Ordering::SeqCst), &cap.1);
+            if live.fetch_add(1, Ordering::SeqCst) >= max {
                 live.fetch_sub(1, Ordering::SeqCst);
                 self.slots.fetch_sub(1, Ordering::SeqCst);
-                return Err(GatewayError::RouteFull(route.to_owned(), *max));
+                return Err(GatewayError::RouteFull(route.to_owned(), max));
             }
         }
         let slot = Slot(self.clone(), Arc::from(route));
@@ -494,7 +526,7 @@ impl Registry {
         }));
         let m = &self.metrics;
         let actor = actor::Actor::new(
-            self.config.clone(),
+            (*config).clone(),
             conn.tx.clone(),
             self.in_flight.clone(),
             actor::RouteMetrics::new(m, route),

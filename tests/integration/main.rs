@@ -11,6 +11,7 @@ mod legacy_sse;
 mod lifecycle;
 mod metrics;
 mod processes;
+mod reload;
 mod resume;
 mod routing;
 mod shutdown;
