@@ -190,9 +190,10 @@ async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Res
     if !is_json(req.headers()) {
         return Err(GatewayError::UnsupportedMediaType);
     }
+    let headers = req.headers().clone();
     let body = parse_body(&read_body(app, req).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
-    let msgs = body.into_messages();
+    let msgs = super::streamable_http::with_trace_context(&headers, body.into_messages());
     let initialize = conn.admit(&msgs, batch)?;
     let first_request = msgs.iter().find(|m| m.is_request()).and_then(|m| m.id.clone());
     if let Err(e) = conn.session.submit(msgs.clone(), Target::Stream(conn.stream)).await {

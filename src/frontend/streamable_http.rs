@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::sse::{self, StreamOptions};
 use super::websocket;
@@ -38,13 +39,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             .await
             .unwrap_or_else(|e| error_reply(&e, None));
     }
-    let result = match *req.method() {
-        Method::POST => post(&app, &route, backend, req).await,
-        Method::GET => get(&app, &route, req).await,
-        Method::DELETE => delete(&app, &route, req.headers()),
-        _ => Err(GatewayError::MethodNotAllowed("GET, POST, DELETE")),
+    let span = tracing::debug_span!(
+        "request",
+        http.method = %req.method(),
+        route = %route,
+        session.id = tracing::field::Empty,
+        jsonrpc.method = tracing::field::Empty,
+    );
+    let served = async {
+        let result = match *req.method() {
+            Method::POST => post(&app, &route, backend, req).await,
+            Method::GET => get(&app, &route, req).await,
+            Method::DELETE => delete(&app, &route, req.headers()),
+            _ => Err(GatewayError::MethodNotAllowed("GET, POST, DELETE")),
+        };
+        result.unwrap_or_else(|e| error_reply(&e, None))
     };
-    result.unwrap_or_else(|e| error_reply(&e, None))
+    served.instrument(span).await
 }
 
 /// Whether an Accept header admits `mime` (exactly, or by a wildcard).
@@ -121,7 +132,12 @@ async fn post(
     }
     let body = parse_body(&read_body(app, req).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
-    let msgs = body.into_messages();
+    let msgs = with_trace_context(&headers, body.into_messages());
+    let span = tracing::Span::current();
+    span.record("jsonrpc.method", msgs[0].method().unwrap_or("(response)"));
+    if let Some(id) = header(&headers, SESSION_HEADER) {
+        span.record("session.id", id);
+    }
     if protocol::classify(header(&headers, VERSION_HEADER), &msgs[0]) == Era::Stateless {
         return Err(GatewayError::StatelessRequest);
     }
@@ -164,6 +180,24 @@ async fn post(
     // with an error on `rx`, so the response below still completes.
     let _ = tokio::time::timeout(app.served().config.sessions.request_timeout, session.forward(&msgs)).await;
     Ok(respond(app, route, &version, opened, rx, batch).await)
+}
+
+/// A W3C `traceparent` (and `tracestate`) header is passed to the backend in the
+/// `params._meta` of each request and notification that does not carry its own.
+pub(super) fn with_trace_context(headers: &HeaderMap, msgs: Vec<Message>) -> Vec<Message> {
+    let Some(parent) = header(headers, "traceparent").filter(|v| crate::jsonrpc::valid_traceparent(v)) else {
+        return msgs;
+    };
+    let state = header(headers, "tracestate").filter(|v| v.len() <= 512 && v.is_ascii());
+    msgs.into_iter()
+        .map(|m| {
+            let m = m.with_meta("traceparent", parent);
+            match state {
+                Some(s) => m.with_meta("tracestate", s),
+                None => m,
+            }
+        })
+        .collect()
 }
 
 pub(super) fn status_only(status: StatusCode) -> Response<Body> {

@@ -14,6 +14,21 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+/// Whether a `traceparent` header value is a well-formed W3C trace context (version 00 form:
+/// `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero), safe to pass on.
+pub fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
 /// Standard JSON-RPC error codes, plus the gateway's own in the server range.
 pub mod code {
     pub const PARSE_ERROR: i64 = -32700;
@@ -286,6 +301,26 @@ impl Message {
     /// The raw bytes with any line breaks (only possible as insignificant whitespace in
     /// valid JSON, since strings escape them) turned into spaces: fit for one stdio line or
     /// one SSE `data:` field.
+    /// The message with `params._meta[key] = value` (W3C trace context towards the backend),
+    /// unless `_meta` already names the key or the message has no object `params` to carry it.
+    /// Re-encodes the message: only for the rare messages that need it.
+    pub fn with_meta(self, key: &str, value: &str) -> Message {
+        if !matches!(self.kind, Kind::Request | Kind::Notification) {
+            return self;
+        }
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&self.raw) else { return self };
+        let Some(obj) = v.as_object_mut() else { return self };
+        let params = obj.entry("params").or_insert_with(|| serde_json::Value::Object(Default::default()));
+        let Some(params) = params.as_object_mut() else { return self };
+        let meta = params.entry("_meta").or_insert_with(|| serde_json::Value::Object(Default::default()));
+        let Some(meta) = meta.as_object_mut() else { return self };
+        if meta.contains_key(key) {
+            return self;
+        }
+        meta.insert(key.to_owned(), value.into());
+        Message::parse(&Bytes::from(v.to_string())).unwrap_or(self)
+    }
+
     pub fn single_line(&self) -> Bytes {
         single_line(&self.raw)
     }
@@ -319,6 +354,31 @@ pub fn cancelled_notification(id: &Id, reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_context_goes_into_params_meta_once() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(valid_traceparent(tp));
+        assert!(!valid_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx: y"));
+        let m = Message::parse(&Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"echo"}}"#,
+        ))
+        .unwrap();
+        let m = m.with_meta("traceparent", tp);
+        let v: serde_json::Value = serde_json::from_slice(&m.raw).unwrap();
+        assert_eq!(v["params"]["_meta"]["traceparent"], tp);
+        assert_eq!(v["params"]["name"], "echo");
+        assert_eq!(m.id.as_ref().unwrap().as_json(), "\"a\"", "the id is kept exactly");
+        let own = Message::parse(&Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"traceparent":"mine"}}}"#,
+        ))
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&own.with_meta("traceparent", tp).raw).unwrap();
+        assert_eq!(v["params"]["_meta"]["traceparent"], "mine", "the client's own _meta wins");
+        let response = Message::parse(&Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#)).unwrap();
+        assert_eq!(response.clone().with_meta("traceparent", tp).raw, response.raw, "responses are untouched");
+    }
 
     fn parse(s: &str) -> Result<Message, ParseError> {
         Message::parse(&Bytes::from(s.to_owned()))

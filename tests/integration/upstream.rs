@@ -347,3 +347,27 @@ async fn an_upstream_that_refuses_get_with_404_is_not_reinitialized_over_and_ove
     let inits = chaos.methods().iter().filter(|m| *m == "initialize").count();
     assert_eq!(inits, 1, "a GET 404 means no GET stream, not a forgotten session");
 }
+
+#[tokio::test]
+async fn a_w3c_traceparent_reaches_the_backend_in_params_meta() {
+    let example = ExampleHttp::start().await;
+    let chaos = Chaos::start(&example.url).await;
+    let gw = gateway_for(&chaos.url).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = c
+        .post_with(
+            &json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "traced"}}}),
+            &[("traceparent", tp), ("tracestate", "edge=1")],
+        )
+        .await;
+    assert_eq!(text(&resp.message().await), "traced");
+    let call = chaos.seen().into_iter().rev().find(|s| s.rpc_method().as_deref() == Some("tools/call")).unwrap();
+    let body: Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(body["params"]["_meta"]["traceparent"], tp);
+    assert_eq!(body["params"]["_meta"]["tracestate"], "edge=1");
+    assert_eq!(body["id"], 8);
+    assert!(call.headers.get("traceparent").is_none(), "the client's headers stay behind; the trace rides in _meta");
+}
