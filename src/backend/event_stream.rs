@@ -38,6 +38,8 @@ pub struct Decoder {
     max: usize,
     /// Skip a `\n` that follows a `\r` split across chunks.
     after_cr: bool,
+    /// How much of `buf` is known to hold no line end.
+    scanned: usize,
     event: Option<String>,
     data: String,
     has_data: bool,
@@ -56,6 +58,7 @@ impl Decoder {
             buf: BytesMut::new(),
             max,
             after_cr: false,
+            scanned: 0,
             event: None,
             data: String::new(),
             has_data: false,
@@ -70,6 +73,7 @@ impl Decoder {
     pub fn reset(&mut self) {
         self.buf.clear();
         self.after_cr = false;
+        self.scanned = 0;
         self.event = None;
         self.data.clear();
         self.has_data = false;
@@ -90,7 +94,14 @@ impl Decoder {
                 }
                 self.after_cr = false;
             }
-            let Some(end) = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r') else { break };
+            // Bytes before `scanned` hold no line end: a long line arriving in many chunks is
+            // scanned once, not once per chunk.
+            let found = self.buf[self.scanned..].iter().position(|b| *b == b'\n' || *b == b'\r');
+            let Some(end) = found.map(|i| i + self.scanned) else {
+                self.scanned = self.buf.len();
+                break;
+            };
+            self.scanned = 0;
             self.after_cr = self.buf[end] == b'\r';
             let line = self.buf.split_to(end + 1);
             let line = String::from_utf8_lossy(&line[..end]).into_owned();
