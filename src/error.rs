@@ -81,6 +81,8 @@ pub enum GatewayError {
     RequestTimeout(Duration),
     #[error("Session ended: {0}")]
     SessionEnded(String),
+    #[error("Overloaded: {0}; retry shortly")]
+    PoolBusy(String),
     #[error("Invalid Request: id {0} is already in flight on this session")]
     DuplicateId(String),
 }
@@ -112,7 +114,9 @@ impl GatewayError {
             BinaryFrame | MessageTooLarge(_) | SlowReader => StatusCode::BAD_REQUEST,
             StreamConflict => StatusCode::CONFLICT,
             ReplayGap(_) => StatusCode::GONE,
-            BackendUnavailable(_) | RequestTimeout(_) | SessionEnded(_) | DuplicateId(_) => StatusCode::OK,
+            BackendUnavailable(_) | RequestTimeout(_) | SessionEnded(_) | DuplicateId(_) | PoolBusy(_) => {
+                StatusCode::OK
+            }
         }
     }
 
@@ -125,7 +129,7 @@ impl GatewayError {
             BackendUnavailable(_) | BackendStartFailed(_) => code::BACKEND_UNAVAILABLE,
             RequestTimeout(_) => code::REQUEST_TIMEOUT,
             SessionEnded(_) | ShuttingDown => code::SESSION_ENDED,
-            TooManySessions(_) | RouteFull(..) => code::OVERLOADED,
+            TooManySessions(_) | RouteFull(..) | PoolBusy(_) => code::OVERLOADED,
             DuplicateId(_) => code::DUPLICATE_ID,
             // Requests the gateway refuses as malformed or not allowed.
             _ => code::INVALID_REQUEST,
@@ -202,7 +206,9 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BackendUnavailable(_) | BackendStartFailed(_) => Cause::Backend,
-            TooManySessions(_) | RouteFull(..) | ShuttingDown | RequestTimeout(_) | SessionEnded(_) => Cause::Gateway,
+            TooManySessions(_) | RouteFull(..) | ShuttingDown | RequestTimeout(_) | SessionEnded(_) | PoolBusy(_) => {
+                Cause::Gateway
+            }
             _ => Cause::Client,
         }
     }
@@ -252,6 +258,7 @@ impl GatewayError {
             BackendStartFailed("connection refused".into()),
             RequestTimeout(Duration::from_secs(600)),
             SessionEnded("deleted".into()),
+            PoolBusy("the pool's queue is full (pool.queue = 1024)".into()),
             DuplicateId("7".into()),
         ]
     }
@@ -290,6 +297,7 @@ impl GatewayError {
             BackendStartFailed(_) => "backend_start_failed",
             RequestTimeout(_) => "request_timeout",
             SessionEnded(_) => "session_ended",
+            PoolBusy(_) => "pool_busy",
             DuplicateId(_) => "duplicate_id",
         }
     }
@@ -339,7 +347,7 @@ mod tests {
     fn catalog_is_complete() {
         let names: std::collections::HashSet<_> = GatewayError::catalog().iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), GatewayError::catalog().len());
-        assert_eq!(names.len(), 31, "add new variants to catalog()");
+        assert_eq!(names.len(), 32, "add new variants to catalog()");
     }
 
     #[test]

@@ -157,6 +157,9 @@ impl Gateway {
 
         tracing::info!(sessions = app.registry.len(), "Shutdown 3/4: ending sessions, streams and children.");
         app.registry.end_all().await;
+        for backend in app.served().backends() {
+            backend.shutdown().await;
+        }
 
         tracing::info!("Shutdown 4/4: closing connections.");
         app.upgraded.close();

@@ -31,6 +31,10 @@ enum Command {
         /// splits words, without running a shell). No file is read.
         #[arg(long, value_name = "COMMAND", conflicts_with_all = ["config", "upstream"])]
         stdio: Option<String>,
+        /// With --stdio: serve the command from a shared pool of N long-lived children instead
+        /// of one child per session (for servers that keep no per-client state).
+        #[arg(long, value_name = "N", requires = "stdio")]
+        pool: Option<usize>,
         /// Quick mode: serve this MCP server URL at /mcp, one upstream session per gateway
         /// session. No file is read.
         #[arg(long, value_name = "URL", conflicts_with = "config")]
@@ -145,8 +149,11 @@ fn main() -> ExitCode {
                 .block_on(mcp_edge::example::serve_http(addr, shutdown_signal()))
                 .map_or_else(|e| report(e.into()), |_| ExitCode::SUCCESS)
         }
-        Command::Run { source, stdio, upstream, upstream_kind, overrides } => {
-            let source = Source::choose_with(source.config, stdio, upstream, upstream_kind);
+        Command::Run { source, stdio, pool, upstream, upstream_kind, overrides } => {
+            let source = match Source::choose_with(source.config, stdio, upstream, upstream_kind) {
+                Source::QuickStdio { command, .. } => Source::QuickStdio { command, pool },
+                other => other,
+            };
             let overrides = overrides.into_overrides();
             let overrides_again = overrides.clone();
             let config = match config::load(&source, &overrides) {

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub upstream_resumes: IntCounterVec,
     pub upstream_reinitializations: IntCounterVec,
+    pub pool_queue_depth: IntGaugeVec,
+    pub pool_queue_wait: HistogramVec,
     pub bytes_received: IntCounterVec,
     pub bytes_sent: IntCounterVec,
     pub rejections: IntCounterVec,
@@ -100,6 +102,14 @@ impl Metrics {
         )
         .expect("a valid metric");
         r.register(Box::new(request_duration.clone())).expect("registered once");
+        let pool_queue_wait = HistogramVec::new(
+            HistogramOpts::new("pool_queue_wait_seconds", "Time requests waited for a pool child with room.")
+                .namespace("mcp_edge")
+                .buckets(DURATION_BUCKETS.to_vec()),
+            &["backend"],
+        )
+        .expect("a valid metric");
+        r.register(Box::new(pool_queue_wait.clone())).expect("registered once");
         let ready = IntGauge::with_opts(
             Opts::new(
                 "ready",
@@ -152,6 +162,8 @@ impl Metrics {
                 "Upstream sessions re-initialized after the upstream forgot them.",
                 &["backend"],
             ),
+            pool_queue_depth: gauge(r, "pool_queue_depth", "Requests waiting for a pool child with room.", &["backend"]),
+            pool_queue_wait,
             bytes_received: counter(r, "received_bytes_total", "JSON-RPC bytes received from clients.", &["transport"]),
             bytes_sent: counter(r, "sent_bytes_total", "JSON-RPC bytes sent to clients.", &["transport"]),
             rejections: counter(
@@ -184,6 +196,8 @@ pub struct BackendMetrics {
     pub upstream_errors: IntCounter,
     pub upstream_resumes: IntCounter,
     pub upstream_reinitializations: IntCounter,
+    pub pool_queue_depth: IntGauge,
+    pub pool_queue_wait: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -197,6 +211,8 @@ impl Metrics {
             upstream_errors: self.upstream_errors.with_label_values(l),
             upstream_resumes: self.upstream_resumes.with_label_values(l),
             upstream_reinitializations: self.upstream_reinitializations.with_label_values(l),
+            pool_queue_depth: self.pool_queue_depth.with_label_values(l),
+            pool_queue_wait: self.pool_queue_wait.with_label_values(l),
         }
     }
 }

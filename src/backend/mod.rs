@@ -8,6 +8,7 @@ pub mod event_stream;
 pub mod guard;
 pub mod http;
 pub mod legacy_sse;
+pub mod pool;
 pub mod stdio;
 pub mod upstream;
 
@@ -55,6 +56,8 @@ pub enum Stopper {
     Stdio(stdio::StdioStopper),
     /// A Streamable HTTP upstream: its tasks, then DELETE of the upstream session.
     Upstream(http::UpstreamStopper),
+    /// A session of a stdio pool: the pool and its children stay.
+    Pool(pool::PoolStopper),
     /// In-process servers and legacy SSE upstreams: their tasks.
     Tasks(Vec<tokio::task::AbortHandle>),
 }
@@ -65,6 +68,7 @@ impl Stopper {
         match self {
             Stopper::Stdio(s) => s.stop().await,
             Stopper::Upstream(s) => s.stop().await,
+            Stopper::Pool(s) => s.stop().await,
             Stopper::Tasks(tasks) => tasks.iter().for_each(|t| t.abort()),
         }
     }
@@ -74,6 +78,8 @@ impl Stopper {
 #[derive(Clone, Debug)]
 pub enum Backend {
     Stdio(Arc<stdio::StdioBackend>),
+    /// A shared pool of stdio children.
+    Pool(Arc<pool::PoolBackend>),
     Http(Arc<http::HttpBackend>),
     Sse(Arc<legacy_sse::SseBackend>),
     /// The built-in example server, in-process (`example-server --http`).
@@ -117,7 +123,13 @@ impl Backend {
                 .map_err(|e| ConnectError(format!("`backends.{name}.{}", e.trim_start_matches('`'))))
         };
         Ok(match config {
-            BackendConfig::Stdio(c) => Backend::Stdio(Arc::new(stdio::StdioBackend::new(name, c.clone(), m.clone()))),
+            BackendConfig::Stdio(c) => {
+                let stdio = stdio::StdioBackend::new(name, c.clone(), m.clone());
+                match &c.pool {
+                    Some(p) => Backend::Pool(Arc::new(pool::PoolBackend::new(stdio, p.clone(), m.clone()))),
+                    None => Backend::Stdio(Arc::new(stdio)),
+                }
+            }
             BackendConfig::Http(c) => Backend::Http(Arc::new(http::HttpBackend::new(upstream(c)?))),
             BackendConfig::Sse(c) => Backend::Sse(Arc::new(legacy_sse::SseBackend::new(upstream(c)?))),
         })
@@ -126,6 +138,7 @@ impl Backend {
     pub fn name(&self) -> &str {
         match self {
             Backend::Stdio(b) => b.name(),
+            Backend::Pool(b) => b.name(),
             Backend::Http(b) => b.name(),
             Backend::Sse(b) => b.name(),
             Backend::Example => "example",
@@ -136,9 +149,24 @@ impl Backend {
     pub fn unusable(&self) -> Option<String> {
         match self {
             Backend::Stdio(b) => b.health.get(),
+            Backend::Pool(b) => b.health().get(),
             Backend::Http(b) => b.health().get(),
             Backend::Sse(b) => b.health().get(),
             Backend::Example => None,
+        }
+    }
+
+    /// Stops what the backend runs beyond its sessions (a pool's children); at shutdown.
+    pub async fn shutdown(&self) {
+        if let Backend::Pool(p) = self {
+            p.shutdown().await;
+        }
+    }
+
+    /// A reload replaced this backend: a pool stops its children once its sessions are gone.
+    pub fn retire(&self) {
+        if let Backend::Pool(p) = self {
+            p.retire();
         }
     }
 
@@ -146,6 +174,7 @@ impl Backend {
     pub async fn connect(&self, ctx: &Context) -> Result<Connection, ConnectError> {
         match self {
             Backend::Stdio(b) => b.spawn(ctx),
+            Backend::Pool(b) => Ok(b.connect(ctx)),
             Backend::Http(b) => Ok(b.connect(ctx)),
             Backend::Sse(b) => Ok(b.connect(ctx)),
             Backend::Example => Ok(crate::example::connect()),

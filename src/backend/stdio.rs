@@ -61,6 +61,11 @@ impl StdioBackend {
         &self.name
     }
 
+    /// Messages queued towards a child's stdin.
+    pub fn stdin_queue(&self) -> usize {
+        self.config.stdin_queue
+    }
+
     /// The child's environment: allowed variables of the gateway's own, then configured ones.
     fn environment(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =

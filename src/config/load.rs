@@ -15,8 +15,9 @@ pub enum Source {
     File(PathBuf),
     /// The shipped default (the embedded `gateway.toml`).
     BuiltIn,
-    /// Quick mode: one stdio command served at `/mcp`, no file read.
-    QuickStdio(String),
+    /// Quick mode: one stdio command served at `/mcp` (from a pool of this many children when
+    /// given), no file read.
+    QuickStdio { command: String, pool: Option<usize> },
     /// Quick mode: one HTTP upstream served at `/mcp`, no file read.
     QuickUpstream { url: String, kind: UpstreamKind },
 }
@@ -82,7 +83,7 @@ fn origin(source: &Source) -> String {
     match source {
         Source::File(p) => p.display().to_string(),
         Source::BuiltIn => "built-in gateway.toml".into(),
-        Source::QuickStdio(_) | Source::QuickUpstream { .. } => "quick mode".into(),
+        Source::QuickStdio { .. } | Source::QuickUpstream { .. } => "quick mode".into(),
     }
 }
 
@@ -91,7 +92,7 @@ pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, LoadError>
     let base = match source {
         Source::File(path) => Figment::from(Toml::file_exact(path)),
         Source::BuiltIn => Figment::from(Toml::string(DEFAULT_TOML)),
-        Source::QuickStdio(command) => Figment::from(Serialized::defaults(quick(command)?)),
+        Source::QuickStdio { command, pool } => Figment::from(Serialized::defaults(quick(command, *pool)?)),
         Source::QuickUpstream { url, kind } => Figment::from(Serialized::defaults(quick_upstream(url, *kind))),
     };
     let figment = base.merge(Env::prefixed("MCP_EDGE_").split("__")).merge(Serialized::defaults(overrides));
@@ -111,7 +112,7 @@ pub fn default_source() -> Source {
     }
 }
 
-fn quick(command: &str) -> Result<toml::Value, LoadError> {
+fn quick(command: &str, pool: Option<usize>) -> Result<toml::Value, LoadError> {
     let words =
         shell_words::split(command).map_err(|e| LoadError::Quick { command: command.into(), reason: e.to_string() })?;
     let Some((program, args)) = words.split_first() else {
@@ -121,6 +122,11 @@ fn quick(command: &str) -> Result<toml::Value, LoadError> {
     backend.insert("kind".into(), "stdio".into());
     backend.insert("command".into(), program.clone().into());
     backend.insert("args".into(), toml::Value::Array(args.iter().cloned().map(Into::into).collect()));
+    if let Some(size) = pool {
+        let mut p = toml::map::Map::new();
+        p.insert("size".into(), (size as i64).into());
+        backend.insert("pool".into(), p.into());
+    }
     Ok(one_route("stdio", backend))
 }
 
@@ -166,7 +172,7 @@ impl Source {
     ) -> Source {
         match (config, stdio, upstream) {
             (Some(path), _, _) => Source::File(path),
-            (None, Some(cmd), _) => Source::QuickStdio(cmd),
+            (None, Some(command), _) => Source::QuickStdio { command, pool: None },
             (None, None, Some(url)) => Source::QuickUpstream { url, kind },
             (None, None, None) => default_source(),
         }

@@ -355,6 +355,64 @@ pub struct StdioConfig {
     /// Messages queued towards the child's stdin before senders wait.
     #[serde(default = "default_stdin_queue")]
     pub stdin_queue: usize,
+    /// Serve every session from a shared pool of long-lived children instead of one child per
+    /// session; only for servers that keep no per-client state (docs/configuration.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolConfig>,
+}
+
+/// A shared pool of stdio children.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Children in the pool.
+    pub size: usize,
+    /// Requests in flight on one child; more wait in the queue.
+    #[serde(default = "default_pool_in_flight")]
+    pub max_in_flight: usize,
+    /// Requests waiting for a child across the pool; beyond it a request gets `-32007`.
+    #[serde(default = "default_pool_queue")]
+    pub queue: usize,
+    /// Longest wait in the queue before a request gets `-32007`.
+    #[serde(default = "default_pool_queue_timeout", with = "duration")]
+    pub queue_timeout: Duration,
+    /// Messages queued towards one session; a session that lets more pile up is ended, so a
+    /// slow client never pauses a shared child.
+    #[serde(default = "default_pool_session_buffer")]
+    pub session_buffer: usize,
+    /// The protocol version the gateway initializes each child with (and answers clients with).
+    #[serde(default = "default_pool_version")]
+    pub protocol_version: String,
+}
+
+fn default_pool_in_flight() -> usize {
+    64
+}
+fn default_pool_queue() -> usize {
+    1024
+}
+fn default_pool_queue_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_session_buffer() -> usize {
+    256
+}
+fn default_pool_version() -> String {
+    "2025-06-18".into()
+}
+
+impl PoolConfig {
+    /// A pool of `size` children with the documented defaults.
+    pub fn of(size: usize) -> PoolConfig {
+        PoolConfig {
+            size,
+            max_in_flight: default_pool_in_flight(),
+            queue: default_pool_queue(),
+            queue_timeout: default_pool_queue_timeout(),
+            session_buffer: default_pool_session_buffer(),
+            protocol_version: default_pool_version(),
+        }
+    }
 }
 
 /// A configured secret: usable in code, `***` when serialized or debug-printed.
@@ -545,6 +603,25 @@ impl Config {
                     if s.stdin_queue == 0 {
                         return Err(invalid(key("stdin_queue"), "must be greater than 0"));
                     }
+                    if let Some(p) = &s.pool {
+                        let sizes = [
+                            ("pool.size", p.size),
+                            ("pool.max_in_flight", p.max_in_flight),
+                            ("pool.queue", p.queue),
+                            ("pool.session_buffer", p.session_buffer),
+                        ];
+                        if let Some((k, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+                            return Err(invalid(key(k), "must be greater than 0"));
+                        }
+                        if !crate::protocol::is_supported(&p.protocol_version)
+                            || p.protocol_version.as_str() < "2025-03-26"
+                        {
+                            return Err(invalid(
+                                key("pool.protocol_version"),
+                                "must be a session-era revision from 2025-03-26 on",
+                            ));
+                        }
+                    }
                 }
                 BackendConfig::Http(u) | BackendConfig::Sse(u) => u.validate(&format!("backends.{name}"))?,
             }
@@ -633,6 +710,7 @@ mod tests {
         let Some(BackendConfig::Stdio(s)) = c.backends.get_mut("example") else { panic!("stdio") };
         s.cwd = Some("/".into());
         s.env.insert("K".into(), Secret("v".into()));
+        s.pool = Some(PoolConfig::of(4));
         c.routes[0].sse_path = Some("/sse".into());
         c.routes[0].messages_path = Some("/messages".into());
         c.routes[0].max_sessions = Some(10);

@@ -48,15 +48,24 @@ pub struct Served {
 }
 
 impl Served {
-    /// Builds every route's backend; fails on a backend that cannot be set up.
-    fn build(config: Config, metrics: &Metrics) -> Result<Served, crate::backend::ConnectError> {
+    /// Builds every route's backend; fails on a backend that cannot be set up. A backend
+    /// whose configuration did not change since `previous` is kept as it is (its connection
+    /// pool, its stdio pool).
+    fn build(
+        config: Config,
+        metrics: &Metrics,
+        previous: Option<&Served>,
+    ) -> Result<Served, crate::backend::ConnectError> {
         let mut routes = HashMap::new();
         let mut backends: HashMap<&str, Backend> = HashMap::new();
         for r in &config.routes {
             // Routes that name the same backend share it (and its pool of connections).
             let backend = match backends.get(r.backend.as_str()) {
                 Some(b) => b.clone(),
-                None => Backend::from_config(&r.backend, &config.backends[&r.backend], metrics)?,
+                None => match previous.and_then(|p| p.unchanged_backend(&r.backend, &config)) {
+                    Some(b) => b,
+                    None => Backend::from_config(&r.backend, &config.backends[&r.backend], metrics)?,
+                },
             };
             backends.insert(&r.backend, backend.clone());
             routes.insert(r.path.clone(), Route { backend, websocket: r.websocket });
@@ -71,6 +80,19 @@ impl Served {
             routes,
             config,
         }
+    }
+
+    /// The backend named `name` when `config` configures it exactly as this one did.
+    fn unchanged_backend(&self, name: &str, config: &Config) -> Option<Backend> {
+        (self.config.backends.get(name)? == config.backends.get(name)?)
+            .then(|| self.routes.values().find(|r| r.backend.name() == name).map(|r| r.backend.clone()))
+            .flatten()
+    }
+
+    /// Every backend of the routes, once each.
+    pub fn backends(&self) -> Vec<Backend> {
+        let mut seen = std::collections::HashSet::new();
+        self.routes.values().filter(|r| seen.insert(r.backend.name().to_owned())).map(|r| r.backend.clone()).collect()
     }
 
     fn route_caps(&self) -> Vec<(String, usize)> {
@@ -100,7 +122,7 @@ impl App {
         self_exe: std::path::PathBuf,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<App>, crate::backend::ConnectError> {
-        let served = Served::build(config, &metrics)?;
+        let served = Served::build(config, &metrics, None)?;
         Ok(App::with_served(served, self_exe, metrics))
     }
 
@@ -144,10 +166,21 @@ impl App {
     /// timeouts take effect for new requests and new sessions; live sessions keep their
     /// backend. Fails, changing nothing, when a backend cannot be set up.
     pub fn reload(&self, config: Config) -> Result<(), crate::backend::ConnectError> {
-        let served = Served::build(config, &self.metrics)?;
+        let old = self.served();
+        let served = Served::build(config, &self.metrics, Some(&old))?;
         self.registry.reconfigure(served.config.sessions.clone(), served.route_caps());
         publish_limits(&self.metrics, &served.config);
+        // Old backends the new configuration did not keep as they were.
+        let kept: std::collections::HashSet<String> = served
+            .backends()
+            .iter()
+            .filter(|b| old.unchanged_backend(b.name(), &served.config).is_some())
+            .map(|b| b.name().to_owned())
+            .collect();
         *self.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
+        for b in old.backends().iter().filter(|b| !kept.contains(b.name())) {
+            b.retire();
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! copy, not a round trip through `serde_json::Value`. Must not know about transports.
 
 pub mod codec;
+pub mod rewrite;
 
 use std::fmt;
 use std::sync::Arc;

@@ -10,6 +10,7 @@ mod errors;
 mod legacy_sse;
 mod lifecycle;
 mod metrics;
+mod pool;
 mod processes;
 mod reload;
 mod resume;
