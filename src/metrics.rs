@@ -42,6 +42,7 @@ pub fn method_label(method: &str) -> &'static str {
 /// Every metric of the gateway.
 pub struct Metrics {
     pub registry: Registry,
+    pub connections: IntGauge,
     pub websocket_connections: IntGaugeVec,
     pub websocket_opened: IntCounterVec,
     pub websocket_closed: IntCounterVec,
@@ -119,7 +120,17 @@ impl Metrics {
         )
         .expect("a valid metric");
         r.register(Box::new(ready.clone())).expect("registered once");
+        let connections = IntGauge::with_opts(
+            Opts::new(
+                "connections",
+                "Client connections open now (HTTP and WebSocket), against limit{limit=\"max_connections\"}.",
+            )
+            .namespace("mcp_edge"),
+        )
+        .expect("a valid metric");
+        r.register(Box::new(connections.clone())).expect("registered once");
         Metrics {
+            connections,
             websocket_connections: gauge(r, "websocket_connections", "Live WebSocket connections.", &["route"]),
             websocket_opened: counter(r, "websocket_connections_opened_total", "WebSocket connections accepted.", &["route"]),
             websocket_closed: counter(

@@ -156,6 +156,15 @@ impl Backend {
         }
     }
 
+    /// Descriptors each session costs beyond its client's socket: a per-session stdio child's
+    /// three pipes and the guard's liveness pipe; nothing for pools and upstreams.
+    pub fn fds_per_session(&self) -> u64 {
+        match self {
+            Backend::Stdio(_) => 4,
+            _ => 0,
+        }
+    }
+
     /// Stops what the backend runs beyond its sessions (a pool's children); at shutdown.
     pub async fn shutdown(&self) {
         if let Backend::Pool(p) = self {

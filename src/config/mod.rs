@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Host header values accepted besides loopback names when bound to a loopback address.
     pub allowed_hosts: Vec<String>,
+    /// Client connections held at once (HTTP and WebSocket); one more is answered 503 and
+    /// closed. 0 derives it from the open-file limit (see docs/operations.md).
+    pub max_connections: usize,
     /// Largest POST body accepted (413 above it).
     pub max_body_bytes: usize,
     /// How long in-flight requests may run on after SIGTERM/SIGINT before they are cut.
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            max_connections: 0,
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,

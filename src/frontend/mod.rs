@@ -111,6 +111,8 @@ pub struct App {
     /// end of a drain so their close frames go out.
     pub upgraded: tokio_util::task::TaskTracker,
     pub metrics: Arc<Metrics>,
+    /// Client connections open now and their cap.
+    pub connections: crate::server::Connections,
     /// Set on SIGTERM/SIGINT: `/readyz` reports 503 from then on.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -146,14 +148,27 @@ impl App {
             metrics.clone(),
         );
         publish_limits(&metrics, config);
-        Arc::new(App {
+        let app = Arc::new(App {
             served: std::sync::RwLock::new(Arc::new(served)),
             registry,
             legacy: legacy_sse::Streams::default(),
             upgraded: tokio_util::task::TaskTracker::new(),
             metrics,
+            connections: crate::server::Connections::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
-        })
+        });
+        app.apply_connection_cap();
+        app
+    }
+
+    /// Sets the connection cap from the configuration (and the open-file limit) and says so.
+    fn apply_connection_cap(&self) {
+        let served = self.served();
+        let per_session = served.backends().iter().map(|b| b.fds_per_session()).max().unwrap_or(0);
+        let (cap, why) = crate::server::connection_cap(served.config.server.max_connections, per_session);
+        self.connections.cap.store(cap, std::sync::atomic::Ordering::SeqCst);
+        self.metrics.limits.with_label_values(&["max_connections", ""]).set(cap as i64);
+        tracing::info!(max_connections = cap, "Client connections are capped at {cap} ({why}).");
     }
 
     /// The configuration in force and what it serves (a cheap snapshot; a reload replaces it
@@ -178,6 +193,7 @@ impl App {
             .map(|b| b.name().to_owned())
             .collect();
         *self.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
+        self.apply_connection_cap();
         for b in old.backends().iter().filter(|b| !kept.contains(b.name())) {
             b.retire();
         }

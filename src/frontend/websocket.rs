@@ -120,7 +120,10 @@ pub async fn accept(
 
     let upgrade = hyper::upgrade::on(&mut req);
     let config = socket_config(&app);
+    // The connection's place among server.max_connections, kept while the WebSocket lives.
+    let place = req.extensions().get::<Arc<crate::server::ConnectionGuard>>().cloned();
     app.upgraded.spawn(async move {
+        let _place = place;
         match upgrade.await {
             Ok(io) => {
                 let socket = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;

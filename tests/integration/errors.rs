@@ -232,3 +232,36 @@ async fn a_route_cap_refuses_that_route_only() {
     }
     assert!(freed, "a deleted session frees its route's slot");
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_close_while_the_others_are_served() {
+    use crate::common::ws::{connect, ws_url};
+    let mut config = default_config();
+    config.server.max_connections = 2;
+    let gw = TestGateway::start(config).await;
+    let mut first = connect(&ws_url(&gw.url, "")).await;
+    first.initialize(None).await;
+    let mut second = connect(&ws_url(&gw.url, "")).await;
+    second.initialize(None).await;
+    // A third connection: a raw socket, so the client's own pool cannot reuse one of the two.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    third.write_all(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Retry-After: 1") && answer.contains("server.max_connections (2)"), "{answer}");
+    let (pong, _) = first.request("ping", json!({})).await;
+    assert_eq!(pong["result"], json!({}), "the connections inside the cap are served");
+    drop(second);
+    let mut freed = false;
+    for _ in 0..100 {
+        if let Ok(mut ws) = crate::common::ws::try_connect(&ws_url(&gw.url, ""), &["mcp"], &[]).await {
+            ws.initialize(None).await;
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(freed, "a closed connection frees its place");
+}
