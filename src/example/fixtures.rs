@@ -84,6 +84,12 @@ fn tools() -> Vec<Value> {
     vec![
         tool("echo", "Returns its `message` argument as text", json!({"message": {"type": "string"}}), &["message"]),
         tool(
+            "blob",
+            "Returns `bytes` bytes of text (at most 64 MiB): a large result for benchmarks",
+            json!({"bytes": {"type": "integer", "minimum": 0}}),
+            &["bytes"],
+        ),
+        tool(
             "sleep",
             "Waits `ms` milliseconds, then answers; with a progress token, reports progress every `progress_every_ms`",
             json!({"ms": {"type": "integer", "minimum": 0}, "progress_every_ms": {"type": "integer", "minimum": 1}}),
@@ -131,6 +137,11 @@ async fn call_tool(peer: &Peer, params: &Value) -> Result<Value, RpcError> {
         "echo" => {
             let msg = args["message"].as_str().ok_or_else(|| RpcError::invalid_params("`message` must be a string"))?;
             Ok(content(vec![text(msg)]))
+        }
+        "blob" => {
+            let n = args["bytes"].as_u64().ok_or_else(|| RpcError::invalid_params("`bytes` must be a whole number"))?;
+            let n = usize::try_from(n).ok().filter(|n| *n <= 64 * 1024 * 1024).ok_or_else(|| RpcError::invalid_params("`bytes` is at most 64 MiB"))?;
+            Ok(content(vec![text("x".repeat(n))]))
         }
         "sleep" => {
             let ms = args["ms"].as_u64().ok_or_else(|| RpcError::invalid_params("`ms` must be a whole number"))?;

@@ -47,3 +47,14 @@ async fn an_id_already_in_flight_is_refused_in_band() {
     assert_eq!(refused["error"]["code"], -32006);
     assert!(first.message().await["result"].is_object(), "the first call is unharmed");
 }
+
+#[tokio::test]
+async fn a_ten_megabyte_result_arrives_whole() {
+    let gw = TestGateway::default().await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    let answer = c.call_tool("blob", json!({"bytes": 10 * 1024 * 1024})).await;
+    let text = answer["result"]["content"][0]["text"].as_str().expect("a text result");
+    assert_eq!(text.len(), 10 * 1024 * 1024);
+    assert!(text.bytes().all(|b| b == b'x'));
+}
