@@ -129,7 +129,7 @@ impl Link {
         // A JSON-RPC error for the request itself is the upstream's answer: pass it on.
         if let (Some(id), Ok(m)) = (purpose.id(), Message::parse(&body)) {
             if m.kind == Kind::Error && m.id.as_ref() == Some(id) {
-                return self.message(body, purpose, false).await;
+                return self.message(Bytes::copy_from_slice(&body), purpose, false).await;
             }
         }
         if snap.session.is_some() && forgot_session(status, &body) {
@@ -142,9 +142,11 @@ impl Link {
     }
 
     async fn json_body(&self, body: &Bytes, purpose: Purpose<'_>, init: bool) -> Outcome {
+        // Copies, never slices: a slice of the body would keep hyper's whole read buffer alive
+        // for as long as the session's replay buffer keeps the message.
         let messages: Vec<Bytes> = match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body) {
             Ok(batch) => batch.iter().map(|m| Bytes::copy_from_slice(m.get().as_bytes())).collect(),
-            Err(_) => vec![body.clone()],
+            Err(_) => vec![Bytes::copy_from_slice(body)],
         };
         let mut outcome = Outcome::Failed("the upstream's JSON answer holds no response to the request".into());
         for m in messages {
