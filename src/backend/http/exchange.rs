@@ -144,9 +144,11 @@ impl Link {
     async fn json_body(&self, body: &Bytes, purpose: Purpose<'_>, init: bool) -> Outcome {
         // Copies, never slices: a slice of the body would keep hyper's whole read buffer alive
         // for as long as the session's replay buffer keeps the message.
-        let messages: Vec<Bytes> = match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body) {
-            Ok(batch) => batch.iter().map(|m| Bytes::copy_from_slice(m.get().as_bytes())).collect(),
-            Err(_) => vec![Bytes::copy_from_slice(body)],
+        let is_batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+        let batch = is_batch.then(|| serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body).ok()).flatten();
+        let messages: Vec<Bytes> = match batch {
+            Some(batch) => batch.iter().map(|m| Bytes::copy_from_slice(m.get().as_bytes())).collect(),
+            None => vec![Bytes::copy_from_slice(body)],
         };
         let mut outcome = Outcome::Failed("the upstream's JSON answer holds no response to the request".into());
         for m in messages {
