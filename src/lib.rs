@@ -56,10 +56,6 @@ pub struct Gateway {
     admin: Option<TcpListener>,
 }
 
-fn config_listen(app: &App) -> SocketAddr {
-    app.served().config.server.listen
-}
-
 impl Gateway {
     /// Binds the configured listener (port 0 picks a free port; see [`Gateway::local_addr`]).
     /// `self_exe` is the mcp-edge executable, used for `{self}` commands and the guard.
@@ -76,7 +72,7 @@ impl Gateway {
         let metrics = Arc::new(metrics::Metrics::new(registry));
         let app = App::new(config, self_exe, metrics)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let listener = TcpListener::bind(config_listen(&app)).await?;
+        let listener = TcpListener::bind(app.served().config.server.listen).await?;
         let admin = match app.served().config.admin.enabled {
             true => Some(TcpListener::bind(app.served().config.admin.listen).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("admin listener {}: {e}", app.served().config.admin.listen))

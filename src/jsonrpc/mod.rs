@@ -302,24 +302,42 @@ impl Message {
     /// The raw bytes with any line breaks (only possible as insignificant whitespace in
     /// valid JSON, since strings escape them) turned into spaces: fit for one stdio line or
     /// one SSE `data:` field.
+    /// A string member of `params` (`uri`, say), for the few methods the gateway must read.
+    pub fn param_str(&self, key: &str) -> Option<String> {
+        self.params()?.get(key)?.as_str().map(str::to_owned)
+    }
+
+    fn params(&self) -> Option<serde_json::Value> {
+        #[derive(Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow)]
+            params: Option<&'a RawValue>,
+        }
+        let raw = serde_json::from_slice::<Params>(&self.raw).ok()?.params?;
+        serde_json::from_str(raw.get()).ok()
+    }
+
     /// The message with `params._meta[key] = value` (W3C trace context towards the backend),
-    /// unless `_meta` already names the key or the message has no object `params` to carry it.
-    /// Re-encodes the message: only for the rare messages that need it.
+    /// unless `_meta` already names the key or `params` is not an object. Only `params` is
+    /// re-encoded ([`rewrite::with_param`]), and only for the rare messages that need it.
     pub fn with_meta(self, key: &str, value: &str) -> Message {
         if !matches!(self.kind, Kind::Request | Kind::Notification) {
             return self;
         }
-        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&self.raw) else { return self };
-        let Some(obj) = v.as_object_mut() else { return self };
-        let params = obj.entry("params").or_insert_with(|| serde_json::Value::Object(Default::default()));
-        let Some(params) = params.as_object_mut() else { return self };
-        let meta = params.entry("_meta").or_insert_with(|| serde_json::Value::Object(Default::default()));
-        let Some(meta) = meta.as_object_mut() else { return self };
-        if meta.contains_key(key) {
-            return self;
+        let fits = match self.params() {
+            None => true,
+            Some(serde_json::Value::Object(p)) => match p.get("_meta") {
+                None => true,
+                Some(serde_json::Value::Object(meta)) => !meta.contains_key(key),
+                Some(_) => false,
+            },
+            Some(_) => false,
+        };
+        let value = serde_json::Value::from(value).to_string();
+        match fits.then(|| rewrite::with_param(&self.raw, &["_meta", key], &value)).flatten() {
+            Some(raw) => Message::parse(&raw).unwrap_or(self),
+            None => self,
         }
-        meta.insert(key.to_owned(), value.into());
-        Message::parse(&Bytes::from(v.to_string())).unwrap_or(self)
     }
 
     pub fn single_line(&self) -> Bytes {

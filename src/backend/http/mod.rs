@@ -184,15 +184,6 @@ impl Link {
 
     /// Remembers what re-initialization must replay, and applies cancellations.
     fn observe(&self, msg: &Message) {
-        #[derive(serde::Deserialize)]
-        struct Params<'a> {
-            #[serde(borrow)]
-            params: Option<&'a serde_json::value::RawValue>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Uri {
-            uri: String,
-        }
         let method = match msg.method() {
             Some("notifications/cancelled") => {
                 let token = msg.cancelled_id.as_ref().and_then(|id| self.requests().get(id).cloned());
@@ -204,15 +195,19 @@ impl Link {
             Some(m @ ("initialize" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe")) => m,
             _ => return,
         };
+        #[derive(serde::Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow)]
+            params: Option<&'a serde_json::value::RawValue>,
+        }
         let Some(params) = serde_json::from_slice::<Params>(&msg.raw).ok().and_then(|p| p.params) else { return };
-        let uri = || serde_json::from_str::<Uri>(params.get()).ok().map(|u| u.uri);
         let mut s = self.lock();
         match method {
             "initialize" => s.initialize = Some(params.to_owned()),
             "logging/setLevel" => s.log_level = Some(params.to_owned()),
-            "resources/subscribe" => s.subscriptions.extend(uri()),
+            "resources/subscribe" => s.subscriptions.extend(msg.param_str("uri")),
             _ => {
-                if let Some(u) = uri() {
+                if let Some(u) = msg.param_str("uri") {
                     s.subscriptions.remove(&u);
                 }
             }

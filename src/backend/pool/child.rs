@@ -147,7 +147,7 @@ fn on_child(shared: &Arc<Shared>, slot: &Arc<Slot>, line: Bytes) {
         (Kind::Result | Kind::Error, _) => response(shared, slot, &msg),
         (Kind::Notification, Some("notifications/progress")) => progress(shared, slot, &msg),
         (Kind::Notification, Some("notifications/resources/updated")) => {
-            let uri = uri_of(&msg);
+            let uri = msg.param_str("uri");
             let subscribers: Vec<u64> = uri
                 .and_then(|u| Shared::lock(&shared.subscriptions).get(&u).map(|(set, _)| set.iter().copied().collect()))
                 .unwrap_or_default();
@@ -174,12 +174,7 @@ fn on_child(shared: &Arc<Shared>, slot: &Arc<Slot>, line: Bytes) {
 /// A response: to the session whose request it answers, under that session's id.
 fn response(shared: &Arc<Shared>, slot: &Slot, msg: &Message) {
     let Some(n) = msg.id.as_ref().and_then(|id| id.as_json().parse::<u64>().ok()) else { return };
-    let pending = Shared::lock(&slot.routes).pending.remove(&n);
-    let Some(p) = pending else { return };
-    if let Some(t) = &p.token {
-        Shared::lock(&slot.routes).tokens.remove(t);
-    }
-    slot.release(&shared.room);
+    let Some(p) = slot.finish(n, &shared.room) else { return };
     if let Some(entry) = shared.session(p.session) {
         Shared::lock(&entry.outgoing).remove(&p.id);
     }
@@ -240,9 +235,4 @@ fn fail_in_flight(shared: &Arc<Shared>, slot: &Slot, why: &str) {
         }
         shared.deliver(p.session, error_response(Some(&p.id), err.rpc_code(), &err.to_string()));
     }
-}
-
-fn uri_of(msg: &Message) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(&msg.raw).ok()?;
-    v["params"]["uri"].as_str().map(str::to_owned)
 }

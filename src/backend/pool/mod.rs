@@ -198,12 +198,7 @@ impl Shared {
         let outgoing: Vec<(usize, u64)> = Shared::lock(&s.outgoing).drain().map(|(_, v)| v).collect();
         for (slot, child_id) in outgoing {
             let slot = &self.slots[slot];
-            let had = Shared::lock(&slot.routes).pending.remove(&child_id);
-            if let Some(p) = had {
-                slot.release(&self.room);
-                if let Some(t) = p.token {
-                    Shared::lock(&slot.routes).tokens.remove(&t);
-                }
+            if slot.finish(child_id, &self.room).is_some() {
                 slot.send(Bytes::from(format!(
                     r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{child_id},"reason":"the client's session ended"}}}}"#
                 )));
@@ -217,13 +212,13 @@ impl Shared {
     }
 
     /// Drops `key` from a URI's subscribers; the last one out unsubscribes the child that
-    /// holds the subscription. Whether it was the last.
-    fn unsubscribe(&self, key: u64, uri: &str) -> bool {
+    /// holds the subscription.
+    fn unsubscribe(&self, key: u64, uri: &str) {
         let mut subs = Shared::lock(&self.subscriptions);
-        let Some((set, holder)) = subs.get_mut(uri) else { return true };
+        let Some((set, holder)) = subs.get_mut(uri) else { return };
         set.remove(&key);
         if !set.is_empty() {
-            return false;
+            return;
         }
         let holder = *holder;
         subs.remove(uri);
@@ -233,7 +228,6 @@ impl Shared {
                 "method": "resources/unsubscribe", "params": {"uri": uri}});
             slot.send(Bytes::from(msg.to_string()));
         }
-        true
     }
 
     /// Stops every child (gateway shutdown, or a retired pool without sessions).
@@ -332,6 +326,21 @@ impl Slot {
     fn release(&self, room: &Notify) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         room.notify_one();
+    }
+
+    /// Takes a request off this child (answered, cancelled, or its session gone): forgets its
+    /// id and progress token and frees its place.
+    fn finish(&self, child_id: u64, room: &Notify) -> Option<Pending> {
+        let p = {
+            let mut routes = Shared::lock(&self.routes);
+            let p = routes.pending.remove(&child_id)?;
+            if let Some(t) = &p.token {
+                routes.tokens.remove(t);
+            }
+            p
+        };
+        self.release(room);
+        Some(p)
     }
 }
 

@@ -70,7 +70,7 @@ async fn on_client(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message
         }
         (Kind::Request, Some("resources/subscribe")) => subscribe(shared, entry, msg).await,
         (Kind::Request, Some("resources/unsubscribe")) => {
-            let uri = uri_of(&msg).unwrap_or_default();
+            let uri = msg.param_str("uri").unwrap_or_default();
             Shared::lock(&entry.subscribed).remove(&uri);
             shared.unsubscribe(entry.key, &uri);
             reply(shared, entry, &msg, "{}");
@@ -101,7 +101,7 @@ async fn initialize(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Messa
 
 /// The first subscriber to a URI subscribes a child; the others are answered at once.
 async fn subscribe(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message) {
-    let Some(uri) = uri_of(&msg) else { return forward(shared, entry, msg, None).await };
+    let Some(uri) = msg.param_str("uri") else { return forward(shared, entry, msg, None).await };
     Shared::lock(&entry.subscribed).insert(uri.clone());
     let first = {
         let mut subs = Shared::lock(&shared.subscriptions);
@@ -170,17 +170,10 @@ async fn send_on(
         Some(b) => slot.send_wait(b).await,
         None => false,
     };
-    if !sent {
-        let pending = Shared::lock(&slot.routes).pending.remove(&child_id);
-        if let Some(p) = pending {
-            if let Some(t) = p.token {
-                Shared::lock(&slot.routes).tokens.remove(&t);
-            }
-            slot.release(&shared.room);
-            Shared::lock(&entry.outgoing).remove(&id);
-            let err = GatewayError::BackendUnavailable("the pool child is restarting".into());
-            fail(shared, entry, Some(&id), &err);
-        }
+    if !sent && slot.finish(child_id, &shared.room).is_some() {
+        Shared::lock(&entry.outgoing).remove(&id);
+        let err = GatewayError::BackendUnavailable("the pool child is restarting".into());
+        fail(shared, entry, Some(&id), &err);
     }
 }
 
@@ -189,12 +182,7 @@ fn cancel(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message) {
     let Some(id) = &msg.cancelled_id else { return };
     let Some((slot, child_id)) = Shared::lock(&entry.outgoing).remove(id) else { return };
     let slot = &shared.slots[slot];
-    let pending = Shared::lock(&slot.routes).pending.remove(&child_id);
-    if let Some(p) = pending {
-        if let Some(t) = p.token {
-            Shared::lock(&slot.routes).tokens.remove(&t);
-        }
-        slot.release(&shared.room);
+    if slot.finish(child_id, &shared.room).is_some() {
         if let Some(b) = with_param(&msg.raw, &["requestId"], &child_id.to_string()) {
             slot.send(b);
         }
@@ -222,9 +210,4 @@ fn fail(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, id: Option<&Id>, err: &
     }
     tracing::info!(backend.name = %shared.name, "{err}");
     shared.deliver(entry.key, error_response(id, err.rpc_code(), &err.to_string()));
-}
-
-fn uri_of(msg: &Message) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(&msg.raw).ok()?;
-    v["params"]["uri"].as_str().map(str::to_owned)
 }
