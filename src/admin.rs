@@ -13,12 +13,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::frontend::{App, Body};
 
 /// Serves the admin endpoints until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken, tls: Option<TlsAcceptor>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         // Cancel-safe: `accept` holds no partial state when the stop branch wins.
@@ -34,13 +35,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
             _ = stop.cancelled() => return,
         };
         let app = app.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&app, &req)) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let stop = stop.clone();
+        let (builder, tls, stop) = (builder.clone(), tls.clone(), stop.clone());
+        let within = app.served().config.server.header_read_timeout;
         tokio::spawn(async move {
+            let Ok(io) = crate::server::handshake(stream, tls.as_ref(), within).await else { return };
+            let service = service_fn(move |req: Request<Incoming>| {
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&app, &req)) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(crate::server::Stream::new(io)), service);
             // Cancel-safe enough: an admin connection is dropped at shutdown.
             tokio::select! {
                 _ = conn => {}

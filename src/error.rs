@@ -85,6 +85,25 @@ pub enum GatewayError {
     PoolBusy(String),
     #[error("Invalid Request: id {0} is already in flight on this session")]
     DuplicateId(String),
+    /// Carries the `WWW-Authenticate` challenge.
+    #[error("Unauthorized: {why}")]
+    Unauthorized { challenge: String, why: String },
+    #[error("Forbidden: the token lacks a required scope ({needed})")]
+    InsufficientScope { challenge: String, needed: String },
+    #[error("Forbidden: {0} (routes.allow)")]
+    Denied(String),
+    #[error("Too Many Requests: over principals.requests_per_second; retry in {} ms", .0.as_millis())]
+    RateLimited(Duration),
+    #[error("Too Many Requests: principals.max_sessions ({0}) reached for this principal")]
+    PrincipalFull(usize),
+    #[error(
+        "Overloaded: sessions.max_in_flight ({0}) requests are in flight on this session; retry when one completes"
+    )]
+    TooManyInFlight(usize),
+    #[error("Too Many Requests: sessions.max_streams ({0}) GET streams are open on this session")]
+    TooManyStreams(usize),
+    #[error("Request Timeout: the body arrived slower than server.min_body_rate allows")]
+    SlowBody,
 }
 
 impl GatewayError {
@@ -93,6 +112,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
+            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            RateLimited(_) | PrincipalFull(_) | TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
+            SlowBody => StatusCode::REQUEST_TIMEOUT,
             BadJson(_)
             | InvalidMessage(_)
             | MissingSession
@@ -114,9 +137,13 @@ impl GatewayError {
             BinaryFrame | MessageTooLarge(_) | SlowReader => StatusCode::BAD_REQUEST,
             StreamConflict => StatusCode::CONFLICT,
             ReplayGap(_) => StatusCode::GONE,
-            BackendUnavailable(_) | RequestTimeout(_) | SessionEnded(_) | DuplicateId(_) | PoolBusy(_) => {
-                StatusCode::OK
-            }
+            BackendUnavailable(_)
+            | RequestTimeout(_)
+            | SessionEnded(_)
+            | DuplicateId(_)
+            | PoolBusy(_)
+            | Denied(_)
+            | TooManyInFlight(_) => StatusCode::OK,
         }
     }
 
@@ -129,8 +156,11 @@ impl GatewayError {
             BackendUnavailable(_) | BackendStartFailed(_) => code::BACKEND_UNAVAILABLE,
             RequestTimeout(_) => code::REQUEST_TIMEOUT,
             SessionEnded(_) | ShuttingDown => code::SESSION_ENDED,
-            TooManySessions(_) | RouteFull(..) | PoolBusy(_) => code::OVERLOADED,
+            TooManySessions(_) | RouteFull(..) | PoolBusy(_) | RateLimited(_) | PrincipalFull(_)
+            | TooManyInFlight(_) | TooManyStreams(_) => code::OVERLOADED,
             DuplicateId(_) => code::DUPLICATE_ID,
+            Unauthorized { .. } => code::UNAUTHORIZED,
+            InsufficientScope { .. } | Denied(_) => code::FORBIDDEN,
             // Requests the gateway refuses as malformed or not allowed.
             _ => code::INVALID_REQUEST,
         }
@@ -160,6 +190,10 @@ impl GatewayError {
                 | SubprotocolRequired
                 | ReplayGap(_)
                 | UnknownEventId(_)
+                | Unauthorized { .. }
+                | InsufficientScope { .. }
+                | PrincipalFull(_)
+                | RateLimited(_)
         )
     }
 
@@ -170,8 +204,34 @@ impl GatewayError {
 
     /// Seconds for a `Retry-After` header, where retrying later can help.
     pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after_ms().map(|ms| ms.div_ceil(1000).max(1))
+    }
+
+    /// When retrying can help: milliseconds to wait, also given in-band as the JSON-RPC
+    /// error's `data.retryAfterMs` (inside a session, limits answer with a JSON-RPC error).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        use GatewayError::*;
         match self {
-            GatewayError::TooManySessions(_) | GatewayError::RouteFull(..) | GatewayError::ShuttingDown => Some(1),
+            RateLimited(wait) => Some((wait.as_millis() as u64).max(1)),
+            TooManySessions(_) | RouteFull(..) | ShuttingDown | PrincipalFull(_) | TooManyStreams(_)
+            | TooManyInFlight(_) | PoolBusy(_) => Some(1000),
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC error response for request `id` (with `data.retryAfterMs` when retrying
+    /// can help).
+    pub fn to_rpc(&self, id: Option<&crate::jsonrpc::Id>) -> bytes::Bytes {
+        let data = self.retry_after_ms().map(|ms| format!(r#"{{"retryAfterMs":{ms}}}"#));
+        crate::jsonrpc::error_response_with_data(id, self.rpc_code(), &self.to_string(), data.as_deref())
+    }
+
+    /// The `WWW-Authenticate` header of a 401 or 403.
+    pub fn challenge(&self) -> Option<&str> {
+        match self {
+            GatewayError::Unauthorized { challenge, .. } | GatewayError::InsufficientScope { challenge, .. } => {
+                Some(challenge)
+            }
             _ => None,
         }
     }
@@ -188,11 +248,19 @@ impl GatewayError {
     /// `None` for failures answered in-band or that refuse nothing.
     pub fn rejection(&self) -> Option<&'static str> {
         use GatewayError::*;
-        if self.status() == StatusCode::OK || self.websocket_only() {
-            return None;
+        match self {
+            // Refusals of a request inside a session, answered in-band: counted all the same.
+            TooManyInFlight(_) => return Some("limit"),
+            Denied(_) => return Some("forbidden"),
+            _ if self.status() == StatusCode::OK || self.websocket_only() => return None,
+            _ => {}
         }
         Some(match self {
-            BodyTooLarge(_) | TooManySessions(_) | RouteFull(..) => "limit",
+            BodyTooLarge(_) | TooManySessions(_) | RouteFull(..) | PrincipalFull(_) | TooManyStreams(_) => "limit",
+            SlowBody => "slow_client",
+            RateLimited(_) => "rate_limit",
+            Unauthorized { .. } => "unauthorized",
+            InsufficientScope { .. } => "forbidden",
             OriginForbidden(_) => "origin",
             HostForbidden(_) => "host",
             UnknownSession | SessionGone(_) | NoRoute => "not_found",
@@ -260,6 +328,22 @@ impl GatewayError {
             SessionEnded("deleted".into()),
             PoolBusy("the pool's queue is full (pool.queue = 1024)".into()),
             DuplicateId("7".into()),
+            Unauthorized {
+                challenge:
+                    r#"Bearer resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp""#
+                        .into(),
+                why: "the token has expired".into(),
+            },
+            InsufficientScope {
+                challenge: r#"Bearer error="insufficient_scope", scope="mcp:tools""#.into(),
+                needed: "mcp:tools".into(),
+            },
+            Denied("tool `reset` is not allowed for this principal".into()),
+            RateLimited(Duration::from_millis(250)),
+            PrincipalFull(100),
+            TooManyInFlight(256),
+            TooManyStreams(4),
+            SlowBody,
         ]
     }
 
@@ -299,6 +383,14 @@ impl GatewayError {
             SessionEnded(_) => "session_ended",
             PoolBusy(_) => "pool_busy",
             DuplicateId(_) => "duplicate_id",
+            Unauthorized { .. } => "unauthorized",
+            InsufficientScope { .. } => "insufficient_scope",
+            Denied(_) => "denied",
+            RateLimited(_) => "rate_limited",
+            PrincipalFull(_) => "principal_full",
+            TooManyInFlight(_) => "too_many_in_flight",
+            TooManyStreams(_) => "too_many_streams",
+            SlowBody => "slow_body",
         }
     }
 
@@ -347,7 +439,7 @@ mod tests {
     fn catalog_is_complete() {
         let names: std::collections::HashSet<_> = GatewayError::catalog().iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), GatewayError::catalog().len());
-        assert_eq!(names.len(), 32, "add new variants to catalog()");
+        assert_eq!(names.len(), 40, "add new variants to catalog()");
     }
 
     #[test]

@@ -21,17 +21,20 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod error;
 pub mod example;
 pub mod frontend;
 pub mod jsonrpc;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod retry;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +57,9 @@ pub struct Gateway {
     listener: TcpListener,
     /// The admin listener, when `admin.enabled`.
     admin: Option<TcpListener>,
+    /// TLS termination of the client and the admin listener, when configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    admin_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Gateway {
@@ -69,9 +75,16 @@ impl Gateway {
         self_exe: PathBuf,
         registry: prometheus::Registry,
     ) -> std::io::Result<Gateway> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let acceptor = |key: &str, tls: &Option<config::TlsServerConfig>| match tls {
+            Some(t) => tls::Certificates::acceptor(t).map(Some).map_err(|e| invalid(format!("`{key}`: {e}"))),
+            None => Ok(None),
+        };
+        let client_tls = acceptor("server.tls", &config.server.tls)?;
+        let admin_tls = acceptor("admin.tls", &config.admin.tls)?;
         let metrics = Arc::new(metrics::Metrics::new(registry));
-        let app = App::new(config, self_exe, metrics)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let app = App::new(config, self_exe, metrics).map_err(|e| invalid(e.to_string()))?;
+        app.set_certificates(client_tls.as_ref().map(|t| t.1.clone()), admin_tls.as_ref().map(|t| t.1.clone()));
         let listener = TcpListener::bind(app.served().config.server.listen).await?;
         let admin = match app.served().config.admin.enabled {
             true => Some(TcpListener::bind(app.served().config.admin.listen).await.map_err(|e| {
@@ -79,7 +92,7 @@ impl Gateway {
             })?),
             false => None,
         };
-        Ok(Gateway { app, listener, admin })
+        Ok(Gateway { app, listener, admin, tls: client_tls.map(|t| t.0), admin_tls: admin_tls.map(|t| t.0) })
     }
 
     /// The example server served in-process at `addr/mcp` (no child, no pipe).
@@ -91,11 +104,12 @@ impl Gateway {
         };
         let config = config::load(&config::Source::BuiltIn, &overrides)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let route = frontend::Route { backend: backend::Backend::Example, websocket: true };
+        let route = frontend::Route { backend: backend::Backend::Example, websocket: true, auth: None };
         let routes = [("/mcp".to_string(), route)].into();
         let listener = TcpListener::bind(addr).await?;
         let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new()));
-        Ok(Gateway { app: App::with_routes(config, PathBuf::new(), routes, metrics), listener, admin: None })
+        let app = App::with_routes(config, PathBuf::new(), routes, metrics);
+        Ok(Gateway { app, listener, admin: None, tls: None, admin_tls: None })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -117,17 +131,17 @@ impl Gateway {
     /// for up to `server.shutdown_grace`; end every session (streams close, WebSockets get
     /// 1001, children stop); wait briefly for connections to close.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Gateway { app, listener, admin } = self;
+        let Gateway { app, listener, admin, tls, admin_tls } = self;
         let admin_stop = CancellationToken::new();
         if let Some(admin) = admin {
             let addr = admin.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(admin = %addr, "Serving /metrics, /healthz and /readyz.");
-            tokio::spawn(admin::serve(admin, app.clone(), admin_stop.clone()));
+            tokio::spawn(admin::serve(admin, app.clone(), admin_stop.clone(), admin_tls));
         }
         app.metrics.ready.set(1);
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Listening.");
         let stop = CancellationToken::new();
-        let accept = tokio::spawn(server::accept_loop(listener, app.clone(), stop.clone()));
+        let accept = tokio::spawn(server::accept_loop(listener, app.clone(), stop.clone(), tls));
         shutdown.await;
 
         let delay = app.served().config.server.drain_delay;
@@ -184,8 +198,10 @@ impl Reloader {
         let old = self.0.served();
         let old = &old.config;
         let mut restart = Vec::new();
-        let checks: [(&'static str, bool); 5] = [
+        let checks: [(&'static str, bool); 6] = [
             ("server.listen", old.server.listen != config.server.listen),
+            // Turning TLS on or off changes the listener; new files for it are read now.
+            ("server.tls", old.server.tls.is_some() != config.server.tls.is_some()),
             ("admin.enabled", old.admin.enabled != config.admin.enabled),
             ("admin.listen", old.admin.listen != config.admin.listen),
             ("instance_id", old.instance_id != config.instance_id),
@@ -195,6 +211,9 @@ impl Reloader {
         let mut config = config;
         // Keys that need a restart keep the values the process runs with.
         config.server.listen = old.server.listen;
+        if old.server.tls.is_some() != config.server.tls.is_some() {
+            config.server.tls = old.server.tls.clone();
+        }
         config.admin = old.admin.clone();
         config.instance_id = old.instance_id.clone();
         config.log.format = old.log.format;

@@ -1,18 +1,23 @@
 //! The client listener: accepts TCP connections and serves HTTP/1.1 and HTTP/2 on them.
 //!
-//! Owns sockets and connection lifetimes, nothing about MCP. Accept errors (such as running
-//! out of file descriptors) are logged and survived. Every connection is watched by a
+//! Owns sockets and connection lifetimes, nothing about MCP: TLS termination, the request-head
+//! timeout, closing idle connections, the connection cap. Accept errors (such as running out
+//! of file descriptors) are logged and survived. Every connection is watched by a
 //! [`GracefulShutdown`] so shutdown can let in-flight responses finish.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -98,10 +103,110 @@ async fn refuse(mut stream: tokio::net::TcpStream, cap: usize) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
+/// When a connection last moved a byte, for closing idle ones.
+#[derive(Debug)]
+struct Activity {
+    start: std::time::Instant,
+    /// Milliseconds since `start` of the last read or write that moved data.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity { start: std::time::Instant::now(), last: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A client connection's byte stream, plain or TLS, noting when data moves.
+pub struct Stream {
+    io: Io,
+    activity: Arc<Activity>,
+}
+
+impl Stream {
+    pub fn new(io: Io) -> Stream {
+        Stream { io, activity: Activity::new() }
+    }
+}
+
+/// An accepted connection, plain or TLS.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        };
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 server settings of a new connection, from the configuration in
+/// force: a client gets `header_read_timeout` for each request head (the first, and each next
+/// one on a kept-alive connection).
+fn http_builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
 /// Accepts until `stop` is cancelled; returns the watcher of the connections still open.
-pub async fn accept_loop(listener: TcpListener, app: Arc<App>, stop: CancellationToken) -> GracefulShutdown {
+/// With `tls`, each connection's handshake must complete within `server.header_read_timeout`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    stop: CancellationToken,
+    tls: Option<TlsAcceptor>,
+) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         // Cancel-safe: `accept` holds no partial state when the stop branch wins.
         let (stream, addr) = tokio::select! {
@@ -123,34 +228,95 @@ pub async fn accept_loop(listener: TcpListener, app: Arc<App>, stop: Cancellatio
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let served = app.served();
+        let server = &served.config.server;
+        let (builder, handshake_within, idle) = (http_builder(server), server.header_read_timeout, server.idle_timeout);
         let app = app.clone();
-        let cut = ConnectionCut::default();
-        let cut_requested = cut.0.clone();
-        // Shared with an upgraded WebSocket, which keeps the place after hyper lets go.
-        let place = Arc::new(place);
-        let held = place.clone();
-        let service = service_fn(move |mut req: hyper::Request<Incoming>| {
-            let app = app.clone();
-            req.extensions_mut().insert(cut.clone());
-            req.extensions_mut().insert(held.clone());
-            async move { Ok::<_, std::convert::Infallible>(frontend::handle(app, req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
         let span = tracing::debug_span!("connection", client.addr = %addr);
         tokio::spawn(
             async move {
-                let _place = place;
-                // Not cancel-safe, on purpose: a cut drops the connection, closing its socket.
-                tokio::select! {
-                    r = conn => if let Err(e) = r {
-                        tracing::debug!(error = %e, "A connection ended with an error.");
-                    },
-                    _ = cut_requested.cancelled() => tracing::debug!("Cut a connection whose client stopped reading."),
-                }
+                let io = match handshake(stream, tls.as_ref(), handshake_within).await {
+                    Ok(io) => io,
+                    Err(reason) => {
+                        app.metrics.rejections.with_label_values(&[reason]).inc();
+                        return;
+                    }
+                };
+                serve(app, place, builder, watcher, io, idle).await
             }
             .instrument(span),
         );
     }
     graceful
+}
+
+/// A client's byte stream, after the TLS handshake when there is one; on failure, the
+/// rejection reason it is counted under.
+pub async fn handshake(stream: TcpStream, tls: Option<&TlsAcceptor>, within: Duration) -> Result<Io, &'static str> {
+    let Some(tls) = tls else { return Ok(Io::Plain(stream)) };
+    match tokio::time::timeout(within, tls.accept(stream)).await {
+        Ok(Ok(s)) => Ok(Io::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "A TLS handshake failed.");
+            Err("tls")
+        }
+        Err(_) => {
+            tracing::debug!("A TLS handshake took longer than server.header_read_timeout.");
+            Err("slow_client")
+        }
+    }
+}
+
+/// Serves HTTP on one accepted connection until it ends, is cut, or moves no byte for `idle`.
+async fn serve(
+    app: Arc<App>,
+    place: ConnectionGuard,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: Io,
+    idle: Duration,
+) {
+    let cut = ConnectionCut::default();
+    let cut_requested = cut.0.clone();
+    // Shared with an upgraded WebSocket, which keeps the place after hyper lets go.
+    let place = Arc::new(place);
+    let held = place.clone();
+    let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+        let app = app.clone();
+        req.extensions_mut().insert(cut.clone());
+        req.extensions_mut().insert(held.clone());
+        async move { Ok::<_, std::convert::Infallible>(frontend::handle(app, req).await) }
+    });
+    let stream = Stream::new(io);
+    let activity = stream.activity.clone();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+    let conn = watcher.watch(conn);
+    tokio::pin!(conn);
+    // Every streaming response writes at least its keep-alives, so a connection silent for
+    // `idle` has no request in progress worth keeping.
+    let check = (idle / 4).max(Duration::from_millis(250));
+    loop {
+        // Not cancel-safe, on purpose: a cut drops the connection, closing its socket.
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "A connection ended with an error.");
+                }
+                break;
+            }
+            _ = cut_requested.cancelled() => {
+                tracing::debug!("Cut a connection whose client stopped reading.");
+                break;
+            }
+            _ = tokio::time::sleep(check) => {
+                if activity.idle_for() >= idle {
+                    tracing::debug!(idle = ?idle, "Closed a connection idle for server.idle_timeout.");
+                    break;
+                }
+            }
+        }
+    }
+    drop(place);
 }

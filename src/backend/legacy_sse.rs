@@ -16,7 +16,7 @@ use super::event_stream::{Decoder, SseEvent};
 use super::upstream::{media_type, read_body, snippet, Upstream};
 use super::{Connection, Context, Event, Stopper};
 use crate::error::GatewayError;
-use crate::jsonrpc::{error_response, Message};
+use crate::jsonrpc::Message;
 
 const EVENT_QUEUE: usize = 64;
 
@@ -163,7 +163,7 @@ async fn post(up: &Upstream, endpoint: &Uri, msg: Bytes, events: &mpsc::Sender<E
     tracing::warn!(backend.name = %up.name, "A POST to the legacy SSE upstream failed: {why}.");
     if let Some(id) = id {
         let err = GatewayError::BackendUnavailable(why);
-        let _ = events.send(Event::Message(error_response(Some(&id), err.rpc_code(), &err.to_string()))).await;
+        let _ = events.send(Event::Message(err.to_rpc(Some(&id)))).await;
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Longest part of an upstream's error body quoted to the client.
 const SNIPPET: usize = 200;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One configured upstream: where it is and how to reach it.
 pub struct Upstream {
@@ -64,17 +64,7 @@ impl Upstream {
     pub fn new(name: &str, config: UpstreamConfig, metrics: BackendMetrics) -> Result<Upstream, String> {
         let url: Uri = config.url.parse().map_err(|e| format!("`url`: {e}"))?;
         let headers = resolve_headers(&config)?;
-        let tls = tls_config(&config.tls, url.scheme_str() == Some("https"))?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1();
-        let https = match config.http2 {
-            true => builder.enable_http2().wrap_connector(http),
-            false => builder.wrap_connector(http),
-        };
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(https);
+        let client = http_client(&config.tls, &url, config.connect_timeout, config.http2)?;
         Ok(Upstream { name: Arc::from(name), url, config, headers, client, metrics, health: super::Health::default() })
     }
 
@@ -122,6 +112,27 @@ impl Upstream {
             }
         }
     }
+}
+
+/// A pooled client for `url`'s scheme: rustls with the system roots plus `tls`, HTTP/1.1, and
+/// HTTP/2 by ALPN when `http2`.
+pub fn http_client(
+    tls: &TlsClientConfig,
+    url: &Uri,
+    connect_timeout: Duration,
+    http2: bool,
+) -> Result<HttpClient, String> {
+    let tls = tls_config(tls, url.scheme_str() == Some("https"))?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1();
+    let https = match http2 {
+        true => builder.enable_http2().wrap_connector(http),
+        false => builder.wrap_connector(http),
+    };
+    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(https))
 }
 
 /// A URL as clients may see it in an error: no user info, no query (either may hold a

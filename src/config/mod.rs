@@ -3,6 +3,7 @@
 //! checked by [`Config::validate`]. Secrets serialize as `***`, so printing a config can never
 //! leak them. Must not start anything.
 
+mod auth;
 pub mod duration;
 mod load;
 
@@ -13,6 +14,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{
+    AllowRule, ApiKeyConfig, ApiKeyEntry, AuthConfig, JwtConfig, PrincipalLimits, TlsServerConfig, JWT_ALGORITHMS,
+};
 pub use load::{load, AdminOverrides, LoadError, LogOverrides, Overrides, ServerOverrides, Source, UpstreamKind};
 
 /// The shipped `gateway.toml`: the configuration used when no file is given or found.
@@ -38,6 +42,8 @@ pub struct Config {
     pub legacy_sse: LegacySseConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub principals: PrincipalLimits,
     #[serde(default)]
     pub log: LogConfig,
     /// Endpoint paths, each bound to a named backend.
@@ -68,6 +74,22 @@ pub struct ServerConfig {
     /// it stops accepting, so load balancers stop sending new work first.
     #[serde(with = "duration")]
     pub drain_delay: Duration,
+    /// A client that has not sent a whole request head this long after connecting (or after
+    /// its previous response, on a kept-alive connection) is disconnected.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A request body may take this long, plus one second per `min_body_rate` bytes received;
+    /// a slower client gets 408 and is disconnected.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Bytes per second a request body must keep up after `body_read_timeout`.
+    pub min_body_rate: usize,
+    /// A connection with no request in progress and no bytes moving for this long is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// TLS termination: serve `https://` and `wss://` with this certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +102,11 @@ impl Default for ServerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            min_body_rate: 1024,
+            idle_timeout: Duration::from_secs(300),
+            tls: None,
         }
     }
 }
@@ -121,6 +148,11 @@ pub struct SessionConfig {
     /// client to reconnect and resume it.
     #[serde(with = "duration")]
     pub resume_grace: Duration,
+    /// Requests one session may have in flight; one more gets a JSON-RPC error (-32007).
+    pub max_in_flight: usize,
+    /// GET streams (standalone and resumed) one session may hold open at once; request
+    /// streams are bounded by `max_in_flight`.
+    pub max_streams: usize,
 }
 
 impl Default for SessionConfig {
@@ -137,6 +169,8 @@ impl Default for SessionConfig {
             sse_retry: Duration::from_secs(1),
             stream_queue: 64,
             resume_grace: Duration::from_secs(60),
+            max_in_flight: 256,
+            max_streams: 4,
         }
     }
 }
@@ -203,11 +237,14 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Its address; keep it off the client listener's network.
     pub listen: SocketAddr,
+    /// TLS termination for the admin listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9470)) }
+        AdminConfig { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9470)), tls: None }
     }
 }
 
@@ -254,6 +291,16 @@ pub struct RouteConfig {
     /// backend cannot take every session of the instance; absent, only the instance cap applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<usize>,
+    /// The route's public URL (`https://mcp.example.com/mcp`): the audience tokens must name
+    /// and the `resource` of its protected-resource metadata. Required with `auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Who may use the route; absent, anyone who passes the Origin and Host checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Allow-lists of tools, resources and prompts by principal or scope (needs `auth`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowRule>,
 }
 
 fn yes() -> bool {
@@ -537,6 +584,50 @@ impl UpstreamConfig {
     }
 }
 
+impl RouteConfig {
+    /// A route at `path` served by `backend`, every other key at its default.
+    pub fn new(path: &str, backend: &str) -> RouteConfig {
+        RouteConfig {
+            path: path.into(),
+            backend: backend.into(),
+            websocket: true,
+            sse_path: None,
+            messages_path: None,
+            max_sessions: None,
+            public_url: None,
+            auth: None,
+            allow: Vec::new(),
+        }
+    }
+
+    /// `public_url`, `auth` and `allow` of route `i`.
+    fn validate_access(&self, i: usize) -> Result<(), Invalid> {
+        let at = |k: &str| format!("routes[{i}].{k}");
+        if let Some(url) = &self.public_url {
+            let uri: http::Uri = url.parse().map_err(|e| invalid(at("public_url"), format!("not a URL: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || uri.query().is_some() {
+                return Err(invalid(at("public_url"), "must be an http:// or https:// URL with a host and no query"));
+            }
+        }
+        if let Some(auth) = &self.auth {
+            if self.public_url.is_none() {
+                return Err(invalid(
+                    at("public_url"),
+                    "is required with `auth`: tokens must name it as their audience",
+                ));
+            }
+            auth.validate(&at("auth"))?;
+        }
+        if !self.allow.is_empty() && self.auth.is_none() {
+            return Err(invalid(at("allow"), "needs `auth`: rules name principals and scopes"));
+        }
+        for (j, rule) in self.allow.iter().enumerate() {
+            rule.validate(&at(&format!("allow[{j}]")))?;
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Checks what types alone cannot: references, uniqueness, non-zero bounds.
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -557,6 +648,7 @@ impl Config {
             if !paths.insert(&r.path) {
                 return Err(invalid(format!("routes[{i}].path"), format!("`{}` is used twice", r.path)));
             }
+            r.validate_access(i)?;
             if !self.backends.contains_key(&r.backend) {
                 return Err(invalid(
                     format!("routes[{i}].backend"),
@@ -565,7 +657,17 @@ impl Config {
             }
         }
         self.check_legacy_paths()?;
+        self.principals.validate()?;
+        if let Some(tls) = &self.server.tls {
+            tls.validate("server.tls")?;
+        }
+        if let Some(tls) = &self.admin.tls {
+            tls.validate("admin.tls")?;
+        }
         let nonzero = [
+            ("sessions.max_in_flight", self.sessions.max_in_flight),
+            ("sessions.max_streams", self.sessions.max_streams),
+            ("server.min_body_rate", self.server.min_body_rate),
             ("server.max_body_bytes", self.server.max_body_bytes),
             ("sessions.max_sessions", self.sessions.max_sessions),
             ("sessions.replay_buffer_messages", self.sessions.replay_buffer_messages),
@@ -589,10 +691,19 @@ impl Config {
             ("websocket.ping_interval", self.websocket.ping_interval),
             ("websocket.pong_timeout", self.websocket.pong_timeout),
             ("legacy_sse.stall_timeout", self.legacy_sse.stall_timeout),
+            ("server.header_read_timeout", self.server.header_read_timeout),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be longer than 0s"));
             }
+        }
+        if self.server.idle_timeout <= self.sessions.sse_keepalive {
+            return Err(invalid(
+                "server.idle_timeout",
+                "must be longer than sessions.sse_keepalive, or open streams would be closed as idle",
+            ));
         }
         for (name, b) in &self.backends {
             match b {
@@ -718,6 +829,33 @@ mod tests {
         c.routes[0].sse_path = Some("/sse".into());
         c.routes[0].messages_path = Some("/messages".into());
         c.routes[0].max_sessions = Some(10);
+        let tls = TlsServerConfig { cert_file: "/c.pem".into(), key_file: "/k.pem".into() };
+        c.server.tls = Some(tls.clone());
+        c.admin.tls = Some(tls);
+        c.routes[0].public_url = Some("https://mcp.example.com/mcp".into());
+        let mut second = c.routes[0].clone();
+        c.routes[0].auth = Some(
+            toml::from_str(
+                r#"kind = "jwt"
+                issuer = "https://auth.example.com"
+                jwks_url = "https://auth.example.com/jwks.json"
+                jwks_file = "/jwks.json""#,
+            )
+            .unwrap(),
+        );
+        second.auth = Some(
+            toml::from_str(
+                r#"kind = "api_key"
+                keys = [{ principal = "p", sha256 = "00", env = "K", scopes = ["s"] }]"#,
+            )
+            .unwrap(),
+        );
+        second.allow = vec![toml::from_str(
+            r#"principals = ["p"]
+            scopes = ["s"]"#,
+        )
+        .unwrap()];
+        c.routes.push(second);
         let remote: BackendConfig = toml::from_str(
             r#"kind = "http"
             url = "https://mcp.example.com/mcp"

@@ -24,9 +24,10 @@ use super::sse::{self, StreamOptions};
 use super::streamable_http::{accepts, is_json, parse_body, read_body, sse_response, status_only};
 use super::websocket::percent_decode;
 use super::{error_reply, App, Body, Route};
+use crate::auth::Caller;
 use crate::config::RouteConfig;
 use crate::error::GatewayError;
-use crate::jsonrpc::{error_response, Body as RpcBody, Id, Message};
+use crate::jsonrpc::{Body as RpcBody, Id, Message};
 use crate::protocol;
 use crate::server::ConnectionCut;
 use crate::session::{Attach, Delivery, EndReason, Frame, SessionHandle, Sink, Target, Transport};
@@ -120,7 +121,7 @@ impl EventStream {
     async fn answer_in_band(&self, err: &GatewayError, id: Option<&Id>, within: Duration) {
         super::log_error(err);
         let Some(tx) = self.direct.upgrade() else { return };
-        let body = error_response(id, err.rpc_code(), &err.to_string());
+        let body = err.to_rpc(id);
         let _ = tokio::time::timeout(within, tx.send(Frame::Message(body))).await;
     }
 }
@@ -150,7 +151,8 @@ async fn open(
     let Some(backend) = app.served().routes.get(route).map(|r| r.backend.clone()) else {
         return Err(GatewayError::NoRoute);
     };
-    let session = app.registry.start(route, &backend, Transport::LegacySse).await.map_err(|e| match e {
+    let caller = super::caller(&req);
+    let session = app.registry.start(route, &backend, Transport::LegacySse, &caller).await.map_err(|e| match e {
         GatewayError::BackendUnavailable(why) => GatewayError::BackendStartFailed(why),
         other => other,
     })?;
@@ -186,7 +188,8 @@ async fn open(
 /// `POST messages_path?sessionId=ID`: hands the messages to the session; 202.
 async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let id = session_param(req.uri().query().unwrap_or("")).ok_or(GatewayError::MissingSessionParam)?;
-    let conn = find(app, &id, route)?;
+    let caller = super::caller(&req);
+    let conn = find(app, &id, route, &caller)?;
     if !is_json(req.headers()) {
         return Err(GatewayError::UnsupportedMediaType);
     }
@@ -194,6 +197,13 @@ async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Res
     let body = parse_body(&read_body(app, req).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
     let msgs = super::streamable_http::with_trace_context(&headers, body.into_messages());
+    if let Err(e) = super::admit(app, &caller, &msgs) {
+        let within = app.served().config.legacy_sse.stall_timeout;
+        for id in msgs.iter().filter(|m| m.is_request()).filter_map(|m| m.id.as_ref()) {
+            conn.answer_in_band(&e, Some(id), within).await;
+        }
+        return Ok(status_only(StatusCode::ACCEPTED));
+    }
     let initialize = conn.admit(&msgs, batch)?;
     let first_request = msgs.iter().find(|m| m.is_request()).and_then(|m| m.id.clone());
     if let Err(e) = conn.session.submit(msgs.clone(), Target::Stream(conn.stream)).await {
@@ -222,15 +232,16 @@ fn session_param(query: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The open event stream of session `id` on `route`, or the 404 that says why there is none.
-fn find(app: &App, id: &str, route: &str) -> Result<Arc<EventStream>, GatewayError> {
+/// The open event stream of session `id` on `route` (of the caller's own), or the 404 that
+/// says why there is none.
+fn find(app: &App, id: &str, route: &str, caller: &Caller) -> Result<Arc<EventStream>, GatewayError> {
     let open = app.legacy.0.get(id).map(|c| c.clone());
-    if let Some(conn) = open.filter(|c| c.route == route) {
+    if let Some(conn) = open.filter(|c| c.route == route && c.session.caller().name() == caller.name()) {
         return Ok(conn);
     }
     // Not (or no longer) carried by an event stream: 404, saying why when the session ended
-    // recently. A live session of another transport is unknown here too.
-    app.registry.lookup(id, route).and(Err(GatewayError::UnknownSession))
+    // recently. A live session of another transport or principal is unknown here too.
+    app.registry.lookup(id, route, caller).and(Err(GatewayError::UnknownSession))
 }
 
 /// Percent-encodes a session id for a query value (ids are visible ASCII).

@@ -18,10 +18,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
+use crate::auth::{Caller, RouteAuth};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::jsonrpc::{error_response, Id};
+use crate::jsonrpc::{Id, Message};
 use crate::metrics::Metrics;
 use crate::session::Registry;
 
@@ -34,6 +35,8 @@ pub struct Route {
     pub backend: Backend,
     /// WebSocket upgrades are accepted on this path.
     pub websocket: bool,
+    /// Who may use the route; `None`: anyone who passes the Origin and Host checks.
+    pub auth: Option<Arc<RouteAuth>>,
 }
 
 /// What one configuration serves: replaced whole when the configuration is reloaded, while
@@ -56,7 +59,7 @@ impl Served {
         metrics: &Metrics,
         previous: Option<&Served>,
     ) -> Result<Served, crate::backend::ConnectError> {
-        let mut routes = HashMap::new();
+        let mut routes: HashMap<String, Route> = HashMap::new();
         let mut backends: HashMap<&str, Backend> = HashMap::new();
         for r in &config.routes {
             // Routes that name the same backend share it (and its pool of connections).
@@ -68,7 +71,14 @@ impl Served {
                 },
             };
             backends.insert(&r.backend, backend.clone());
-            routes.insert(r.path.clone(), Route { backend, websocket: r.websocket });
+            // Kept across a reload when unchanged, with the keys it fetched.
+            let kept = previous.and_then(|p| p.routes.get(&r.path)?.auth.clone()).filter(|a| a.same_as(r));
+            let auth = match kept {
+                Some(a) => Some(a),
+                None => RouteAuth::new(r)
+                    .map_err(|why| crate::backend::ConnectError(format!("routes `{}` auth: {why}", r.path)))?,
+            };
+            routes.insert(r.path.clone(), Route { backend, websocket: r.websocket, auth });
         }
         Ok(Served::with_routes(config, routes))
     }
@@ -113,6 +123,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Client connections open now and their cap.
     pub connections: crate::server::Connections,
+    /// Requests per second per principal.
+    pub rate: crate::limits::RateLimiter,
+    /// The certificates of the client and the admin listener (TLS), re-read on reload.
+    certificates: std::sync::OnceLock<[Option<Arc<crate::tls::Certificates>>; 2]>,
     /// Set on SIGTERM/SIGINT: `/readyz` reports 503 from then on.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -148,6 +162,8 @@ impl App {
             metrics.clone(),
         );
         publish_limits(&metrics, config);
+        registry.set_principal_cap(config.principals.max_sessions);
+        let rate = crate::limits::RateLimiter::new(&config.principals);
         let app = Arc::new(App {
             served: std::sync::RwLock::new(Arc::new(served)),
             registry,
@@ -155,6 +171,8 @@ impl App {
             upgraded: tokio_util::task::TaskTracker::new(),
             metrics,
             connections: crate::server::Connections::default(),
+            rate,
+            certificates: std::sync::OnceLock::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
         });
         app.apply_connection_cap();
@@ -177,13 +195,30 @@ impl App {
         self.served.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The certificates the listeners present, re-read by [`App::reload`].
+    pub fn set_certificates(
+        &self,
+        client: Option<Arc<crate::tls::Certificates>>,
+        admin: Option<Arc<crate::tls::Certificates>>,
+    ) {
+        let _ = self.certificates.set([client, admin]);
+    }
+
     /// Applies a reloaded configuration: routes, backends, Origin/Host rules, limits and
     /// timeouts take effect for new requests and new sessions; live sessions keep their
     /// backend. Fails, changing nothing, when a backend cannot be set up.
     pub fn reload(&self, config: Config) -> Result<(), crate::backend::ConnectError> {
         let old = self.served();
+        let [client, admin] = self.certificates.get().cloned().unwrap_or_default();
+        for (key, certs, tls) in [("server.tls", client, &config.server.tls), ("admin.tls", admin, &config.admin.tls)] {
+            if let (Some(certs), Some(tls)) = (certs, tls) {
+                certs.reload(tls).map_err(|e| crate::backend::ConnectError(format!("`{key}`: {e}")))?;
+            }
+        }
         let served = Served::build(config, &self.metrics, Some(&old))?;
         self.registry.reconfigure(served.config.sessions.clone(), served.route_caps());
+        self.registry.set_principal_cap(served.config.principals.max_sessions);
+        self.rate.configure(&served.config.principals);
         publish_limits(&self.metrics, &served.config);
         // Old backends the new configuration did not keep as they were.
         let kept: std::collections::HashSet<String> = served
@@ -255,21 +290,70 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 #[derive(Clone, Copy, Debug)]
 struct Rejected(&'static str);
 
-async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn dispatch(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let app = app.clone();
     let path = req.uri().path();
     let served = app.served();
-    let legacy = served.legacy_paths.get(path).cloned();
-    if legacy.is_none() && !served.routes.contains_key(path) {
-        return error_reply(&GatewayError::NoRoute, None);
+    if path.starts_with(crate::auth::METADATA_PATH) {
+        return protected_resource_metadata(&served, path);
     }
+    let legacy = served.legacy_paths.get(path).cloned();
+    let route_path = legacy.as_ref().map_or(path, |e| e.route.as_str());
+    let Some(route) = served.routes.get(route_path) else {
+        return error_reply(&GatewayError::NoRoute, None);
+    };
     if let Err(e) = served.guard.check(req.headers(), req.uri().host()) {
         return error_reply(&e, None);
     }
+    let caller = match &route.auth {
+        Some(auth) => match auth.authenticate(req.headers()).await {
+            Ok(caller) => caller,
+            Err(e) => return error_reply(&e, None),
+        },
+        None => Caller::default(),
+    };
+    req.extensions_mut().insert(caller);
     match legacy {
         Some(endpoint) => legacy_sse::handle(app, endpoint, req).await,
         None => streamable_http::handle(app, req).await,
     }
+}
+
+/// RFC 9728 metadata of the route whose metadata path this is (`/.well-known/
+/// oauth-protected-resource/<path>`), or of the only route with `auth` at the bare path.
+fn protected_resource_metadata(served: &Served, path: &str) -> Response<Body> {
+    let authed: Vec<&Arc<RouteAuth>> = served.routes.values().filter_map(|r| r.auth.as_ref()).collect();
+    let found = authed.iter().find(|a| a.metadata_path() == path).or_else(|| {
+        (path.trim_end_matches('/') == crate::auth::METADATA_PATH && authed.len() == 1).then(|| &authed[0])
+    });
+    match found {
+        Some(auth) => {
+            let mut r = json_response(StatusCode::OK, auth.metadata());
+            r.headers_mut().insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            r
+        }
+        None => error_reply(&GatewayError::NoRoute, None),
+    }
+}
+
+/// Who made a request (set by [`dispatch`] on every request of a route).
+pub fn caller<B>(req: &Request<B>) -> Caller {
+    req.extensions().get::<Caller>().cloned().unwrap_or_default()
+}
+
+/// The caller's request rate and allow-list, applied to client messages before they reach a
+/// session: the error that answers their requests, if any.
+pub fn admit(app: &App, caller: &Caller, msgs: &[Message]) -> Result<(), GatewayError> {
+    let requests = msgs.iter().filter(|m| m.is_request()).count();
+    if let Some(name) = caller.name().filter(|_| requests > 0) {
+        app.rate.take(name, requests).map_err(GatewayError::RateLimited)?;
+    }
+    if let Some(grants) = caller.grants() {
+        if let Some(why) = msgs.iter().filter(|m| m.is_request()).find_map(|m| grants.refuse(m)) {
+            return Err(GatewayError::Denied(why));
+        }
+    }
+    Ok(())
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -290,9 +374,16 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
 /// The one rendering of a [`GatewayError`] as an HTTP response.
 pub fn error_reply(err: &GatewayError, id: Option<&Id>) -> Response<Body> {
     log_error(err);
-    let mut r = json_response(err.status(), error_response(id, err.rpc_code(), &err.to_string()));
+    let mut r = json_response(err.status(), err.to_rpc(id));
     if let Some(secs) = err.retry_after() {
         r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    // The rest of the request was not read: the connection cannot carry another one.
+    if matches!(err, GatewayError::SlowBody | GatewayError::BodyTooLarge(_)) {
+        r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(challenge) = err.challenge().and_then(|c| HeaderValue::from_str(c).ok()) {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, challenge);
     }
     if let Some(methods) = err.allow() {
         r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(methods));

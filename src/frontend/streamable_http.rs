@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::sse::{self, StreamOptions};
 use super::websocket;
 use super::{error_reply, json_response, App, Body};
+use crate::auth::Caller;
 use crate::backend::Backend;
 use crate::error::GatewayError;
 use crate::jsonrpc::{Body as RpcBody, Id, Kind, Message, ParseError};
@@ -46,11 +47,12 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         session.id = tracing::field::Empty,
         jsonrpc.method = tracing::field::Empty,
     );
+    let caller = super::caller(&req);
     let served = async {
         let result = match *req.method() {
-            Method::POST => post(&app, &route, backend, req).await,
-            Method::GET => get(&app, &route, req).await,
-            Method::DELETE => delete(&app, &route, req.headers()),
+            Method::POST => post(&app, &route, backend, &caller, req).await,
+            Method::GET => get(&app, &route, &caller, req).await,
+            Method::DELETE => delete(&app, &route, &caller, req.headers()),
             _ => Err(GatewayError::MethodNotAllowed("GET, POST, DELETE")),
         };
         result.unwrap_or_else(|e| error_reply(&e, None))
@@ -72,10 +74,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The live session a request names, or the error that says why there is none.
-fn session(app: &App, route: &str, headers: &HeaderMap) -> Result<SessionHandle, GatewayError> {
+/// The live session a request names (of the caller's own), or the error that says why there
+/// is none.
+fn session(app: &App, route: &str, caller: &Caller, headers: &HeaderMap) -> Result<SessionHandle, GatewayError> {
     let id = header(headers, SESSION_HEADER).ok_or(GatewayError::MissingSession)?;
-    let session = app.registry.lookup(id, route)?;
+    let session = app.registry.lookup(id, route, caller)?;
     if let Some(v) = header(headers, VERSION_HEADER) {
         if !protocol::is_supported(v) {
             return Err(GatewayError::UnsupportedVersion(v.into()));
@@ -106,21 +109,45 @@ pub(super) async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large);
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(body) => {
-            let body = body.to_bytes();
-            app.metrics.bytes_received.with_label_values(&["http"]).inc_by(body.len() as u64);
-            Ok(body)
+    // A body may take `body_read_timeout`, plus a second per `min_body_rate` bytes it has
+    // sent: a client trickling bytes (slowloris) is cut off, a large upload at a sane rate
+    // is not.
+    let server = &app.served().config.server;
+    let (grace, rate) = (server.body_read_timeout, server.min_body_rate.max(1) as f64);
+    let started = tokio::time::Instant::now();
+    let mut body = Limited::new(req.into_body(), limit);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received = 0usize;
+    loop {
+        let deadline = started + grace + std::time::Duration::from_secs_f64(received as f64 / rate);
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(GatewayError::SlowBody),
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len();
+                    chunks.push(data);
+                }
+            }
+            Ok(Some(Err(e))) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(too_large)
+            }
+            Ok(Some(Err(e))) => return Err(GatewayError::InvalidMessage(format!("the body could not be read: {e}"))),
         }
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large),
-        Err(e) => Err(GatewayError::InvalidMessage(format!("the body could not be read: {e}"))),
     }
+    let body = match chunks.len() {
+        1 => chunks.pop().expect("one chunk"),
+        _ => Bytes::from(chunks.concat()),
+    };
+    app.metrics.bytes_received.with_label_values(&["http"]).inc_by(body.len() as u64);
+    Ok(body)
 }
 
 async fn post(
     app: &Arc<App>,
     route: &str,
     backend: &Backend,
+    caller: &Caller,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers().clone();
@@ -150,9 +177,16 @@ async fn post(
         if msg.kind != Kind::Request {
             return Err(GatewayError::InvalidMessage("initialize must be a request".into()));
         }
-        return initialize(app, route, backend, msg).await;
+        // Outside a session a refusal is an HTTP status (429 + Retry-After).
+        super::admit(app, caller, std::slice::from_ref(&msg))?;
+        return initialize(app, route, backend, caller, msg).await;
     }
-    let session = session(app, route, &headers)?;
+    let session = session(app, route, caller, &headers)?;
+    // Inside a session a refusal is a JSON-RPC error for each request (SDKs drop a session on
+    // most HTTP errors).
+    if let Err(e) = super::admit(app, caller, &msgs) {
+        return Ok(refuse_in_band(&e, &msgs, batch));
+    }
     let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
     if batch && !protocol::allows_batch(&version) {
         return Err(GatewayError::BatchNotAllowed);
@@ -208,7 +242,26 @@ pub(super) fn status_only(status: StatusCode) -> Response<Body> {
 
 /// A failure of one request, answered as its JSON-RPC error with HTTP 200.
 fn in_band(err: &GatewayError, id: &Id) -> Response<Body> {
-    error_reply(err, Some(id))
+    let mut r = error_reply(err, Some(id));
+    *r.status_mut() = StatusCode::OK;
+    r
+}
+
+/// Every request of a POST refused with the same error, with HTTP 200: one error response,
+/// or an array of them for a batch.
+fn refuse_in_band(err: &GatewayError, msgs: &[Message], batch: bool) -> Response<Body> {
+    let ids: Vec<&Id> = msgs.iter().filter(|m| m.is_request()).filter_map(|m| m.id.as_ref()).collect();
+    match (batch, ids.as_slice()) {
+        (false, [id]) => in_band(err, id),
+        _ => {
+            let items: Vec<String> =
+                ids.iter().map(|id| String::from_utf8_lossy(&err.to_rpc(Some(id))).into_owned()).collect();
+            let mut r = error_reply(err, None);
+            *r.body_mut() = super::full(format!("[{}]", items.join(",")));
+            *r.status_mut() = StatusCode::OK;
+            r
+        }
+    }
 }
 
 /// Options of a POST response stream: SEP-1699 early close applies to these only.
@@ -279,10 +332,11 @@ async fn initialize(
     app: &Arc<App>,
     route: &str,
     backend: &Backend,
+    caller: &Caller,
     msg: Message,
 ) -> Result<Response<Body>, GatewayError> {
     let id = msg.id.clone().expect("requests have ids");
-    let handle = match app.registry.start(route, backend, Transport::Http).await {
+    let handle = match app.registry.start(route, backend, Transport::Http, caller).await {
         Ok(h) => h,
         Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &id)),
         Err(e) => return Err(e),
@@ -331,12 +385,17 @@ async fn initialize(
     Ok(response)
 }
 
-async fn get(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+async fn get(
+    app: &Arc<App>,
+    route: &str,
+    caller: &Caller,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers();
     if !accepts(headers, "text/event-stream") {
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
-    let session = session(app, route, headers)?;
+    let session = session(app, route, caller, headers)?;
     let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
     let last_event_id = header(headers, "last-event-id").map(str::to_owned);
     let resumed = last_event_id.is_some();
@@ -357,8 +416,8 @@ async fn get(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Resp
     Ok(sse_response(sse::body(prefix, rx, opts, sse::Meter::new(&app.metrics, route, "get"))))
 }
 
-fn delete(app: &App, route: &str, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
-    let id = session(app, route, headers)?.id().to_owned();
+fn delete(app: &App, route: &str, caller: &Caller, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
+    let id = session(app, route, caller, headers)?.id().to_owned();
     let session = app.registry.remove(&id).ok_or(GatewayError::UnknownSession)?;
     session.end(EndReason::Deleted);
     tracing::info!(session.id = %id, "The client deleted its session.");

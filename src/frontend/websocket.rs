@@ -32,10 +32,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{App, Body};
+use crate::auth::Caller;
 use crate::backend::Backend;
-use crate::config::Secret;
 use crate::error::GatewayError;
-use crate::jsonrpc::{error_response, Body as RpcBody, Id, Message, ParseError};
+use crate::jsonrpc::{Body as RpcBody, Id, Message, ParseError};
 use crate::metrics::{close_class, Live};
 use crate::protocol;
 use crate::session::{Attach, Delivery, EndReason, EventId, Frame, SessionHandle, Sink, Target, Transport};
@@ -50,8 +50,6 @@ pub const LAST_EVENT_KEY: &str = "mcp-edge/lastEventId";
 /// The SEP draft's top-level session field.
 const SEP_SESSION_FIELD: &str = "mcpSessionId";
 const SUBPROTOCOL: &str = "mcp";
-/// An offered subprotocol `mcp.auth.<token>` carries a credential.
-const AUTH_PREFIX: &str = "mcp.auth.";
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Whether a request asks to upgrade to WebSocket.
@@ -98,22 +96,16 @@ pub async fn accept(
     if !offered.is_empty() && !speaks_mcp {
         return Err(GatewayError::SubprotocolRequired);
     }
-    // Kept for authentication; never echoed, never logged.
-    let credential = offered.iter().find_map(|p| p.strip_prefix(AUTH_PREFIX)).map(|t| Secret(t.to_owned()));
+    // A `mcp.auth.<token>` offer was checked with the upgrade request (never echoed, never
+    // logged); the connection keeps only who it names.
+    let caller = super::caller(&req);
 
     let (frames_tx, frames_rx) = mpsc::channel(app.served().config.websocket.send_queue);
-    let mut conn = Connection {
-        app: app.clone(),
-        route,
-        backend,
-        frames_tx,
-        bound: None,
-        shared: Arc::default(),
-        _credential: credential,
-    };
+    let mut conn =
+        Connection { app: app.clone(), route, backend, frames_tx, bound: None, shared: Arc::default(), caller };
     let query = Query::parse(req.uri().query().unwrap_or(""));
     if let Some(id) = query.session {
-        let session = app.registry.lookup(&id, &conn.route)?;
+        let session = app.registry.lookup(&id, &conn.route, &conn.caller)?;
         conn.attach(session, query.last_event_id, None).await?;
         conn.shared().resumable = true;
     }
@@ -249,7 +241,8 @@ struct Connection {
     /// The session this connection carries, and its stream.
     bound: Option<(SessionHandle, u64)>,
     shared: Arc<Mutex<Shared>>,
-    _credential: Option<Secret>,
+    /// Who opened the connection: its sessions are bound to that principal.
+    caller: Caller,
 }
 
 impl Connection {
@@ -374,7 +367,7 @@ impl Connection {
                     ParseError::Json(_) => GatewayError::BadJson(e.to_string()),
                     ParseError::Invalid(why) => GatewayError::InvalidMessage(why.into()),
                 };
-                return reply(error_response(None, err.rpc_code(), &err.to_string())).await;
+                return reply(err.to_rpc(None)).await;
             }
         };
         let batch = matches!(body, RpcBody::Batch(_));
@@ -392,9 +385,21 @@ impl Connection {
         }
         let first = &msgs[0];
         let first_request = msgs.iter().find(|m| m.is_request()).and_then(|m| m.id.clone());
+        let metrics = self.app.metrics.clone();
+        let metrics = &metrics;
         let refuse = |err: GatewayError, id: Option<Id>| async move {
-            let _ = direct.send(Outgoing::Text(error_response(id.as_ref(), err.rpc_code(), &err.to_string()))).await;
+            if let Some(reason) = err.rejection() {
+                metrics.rejections.with_label_values(&[reason]).inc();
+            }
+            let _ = direct.send(Outgoing::Text(err.to_rpc(id.as_ref()))).await;
         };
+        if let Err(e) = super::admit(&self.app, &self.caller, &msgs) {
+            // Every request gets its error, so a batch is not left waiting.
+            for id in msgs.iter().filter(|m| m.is_request()).filter_map(|m| m.id.clone()) {
+                refuse(e.clone(), Some(id)).await;
+            }
+            return;
+        }
 
         if first.method() == Some("initialize") {
             let id = first.id.clone();
@@ -432,7 +437,7 @@ impl Connection {
     /// A new session: start it, read its stream, relay `initialize`. The writer publishes the
     /// session when the InitializeResult passes through.
     async fn initialize(&mut self, msg: Message, id: Id) -> Result<(), GatewayError> {
-        let session = self.app.registry.start(&self.route, &self.backend, Transport::WebSocket).await?;
+        let session = self.app.registry.start(&self.route, &self.backend, Transport::WebSocket, &self.caller).await?;
         let stream = match session.open(Attach::Connection { after: None, preface: None }, self.sink()).await {
             Ok(o) => o.stream,
             Err(e) => {
@@ -463,7 +468,7 @@ impl Connection {
     /// An `initialize` naming a live session: answer it from the stored InitializeResult,
     /// then replay what the client missed, then go on live. The backend sees none of it.
     async fn resume(&mut self, sid: String, last_event_id: Option<String>, id: Id) -> Result<(), GatewayError> {
-        let session = self.app.registry.lookup(&sid, &self.route)?;
+        let session = self.app.registry.lookup(&sid, &self.route, &self.caller)?;
         let result = session.initialize_result().cloned().ok_or(GatewayError::UnknownSession)?;
         let top_level = self.shared().top_level;
         let answer = initialize_answer(&id, &result, session.id(), top_level);

@@ -47,8 +47,12 @@ pub mod code {
     pub const SESSION_ENDED: i64 = -32005;
     /// The request id is already in flight on this session.
     pub const DUPLICATE_ID: i64 = -32006;
-    /// A gateway limit was reached; retry later.
+    /// A gateway limit was reached; retry later (`data.retryAfterMs` says when).
     pub const OVERLOADED: i64 = -32007;
+    /// No valid credential (sent with HTTP 401 and `WWW-Authenticate`).
+    pub const UNAUTHORIZED: i64 = -32008;
+    /// The principal may not do this: a missing scope (HTTP 403) or `routes.allow`.
+    pub const FORBIDDEN: i64 = -32009;
 }
 
 /// A JSON-RPC id (string or integer) kept as its exact JSON text, so `1` and `"1"` stay
@@ -355,9 +359,20 @@ pub fn single_line(raw: &Bytes) -> Bytes {
 
 /// Builds `{"jsonrpc":"2.0","id":…,"error":{"code":…,"message":…}}` (id `null` when absent).
 pub fn error_response(id: Option<&Id>, code: i64, message: &str) -> Bytes {
+    error_response_with_data(id, code, message, None)
+}
+
+/// A JSON-RPC error response whose `data` is the given JSON text.
+pub fn error_response_with_data(id: Option<&Id>, code: i64, message: &str, data: Option<&str>) -> Bytes {
     let id = id.map_or("null", Id::as_json);
     let message = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#).into()
+    match data {
+        Some(data) => {
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message},"data":{data}}}}}"#)
+                .into()
+        }
+        None => format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#).into(),
+    }
 }
 
 /// Builds a `notifications/cancelled` for a request the gateway gives up on.

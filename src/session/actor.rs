@@ -22,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::buffer::{EventId, ReplayBuffer};
 use super::{Attach, Command, Delivery, EndReason, Frame, InFlight, Opened, Sink, Target};
+use crate::auth::policy::Grants;
 use crate::backend::Event;
 use crate::config::SessionConfig;
 use crate::error::GatewayError;
-use crate::jsonrpc::{cancelled_notification, error_response, Id, Kind, Message};
+use crate::jsonrpc::{cancelled_notification, Id, Kind, Message};
 
 /// How long the end of a session waits for a stuck WebSocket reader to take its last frames.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -80,6 +81,8 @@ struct Stream {
     /// Highest sequence evicted from the buffer: a resume from before it has a gap.
     evicted_through: u64,
     complete: bool,
+    /// Read by an HTTP GET (counted against `sessions.max_streams`).
+    by_get: bool,
 }
 
 impl Stream {
@@ -115,6 +118,8 @@ pub(super) struct Actor {
     away_since: Option<Instant>,
     /// Messages the away client never saw were evicted: the session cannot be resumed.
     overflowed: bool,
+    /// What the session's principal may use (`routes.allow`); list results are filtered by it.
+    grants: Option<Arc<Grants>>,
 }
 
 impl Actor {
@@ -123,6 +128,7 @@ impl Actor {
         backend: mpsc::Sender<Bytes>,
         in_flight: Arc<InFlight>,
         metrics: RouteMetrics,
+        grants: Option<Arc<Grants>>,
     ) -> Self {
         let buffer = ReplayBuffer::new(config.replay_buffer_messages, config.replay_buffer_bytes);
         Actor {
@@ -140,6 +146,7 @@ impl Actor {
             stalled: None,
             away_since: None,
             overflowed: false,
+            grants,
         }
     }
 
@@ -213,6 +220,9 @@ impl Actor {
             }
         }
         let requests: Vec<&Message> = msgs.iter().filter(|m| m.is_request()).collect();
+        if !requests.is_empty() && self.pending.len() + requests.len() > self.config.max_in_flight {
+            return Err(GatewayError::TooManyInFlight(self.config.max_in_flight));
+        }
         let stream = match target {
             _ if requests.is_empty() => {
                 return Ok(Opened { stream: 0, replay: Vec::new(), complete: true, resume_from: 0 })
@@ -245,6 +255,12 @@ impl Actor {
 
     fn on_open(&mut self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
         self.last_activity = Instant::now();
+        if !matches!(attach, Attach::Connection { .. }) {
+            let open = self.streams.values().filter(|s| s.by_get && s.live()).count();
+            if open >= self.config.max_streams {
+                return Err(GatewayError::TooManyStreams(self.config.max_streams));
+            }
+        }
         let (stream, after, through_sink) = match attach {
             Attach::After(text) => {
                 let id = EventId::parse(&text)
@@ -279,6 +295,7 @@ impl Actor {
         let replay = self.buffer.after(stream, after);
         let s = self.streams.get_mut(&stream).expect("checked above");
         let (complete, resume_from) = (s.complete, after);
+        s.by_get = through_sink.is_none();
         if !complete {
             if let Some(old) = s.sink.replace(sink) {
                 let _ = old.tx.try_send(Frame::Replaced);
@@ -319,7 +336,10 @@ impl Actor {
         };
         match (msg.kind, &msg.id) {
             (Kind::Result | Kind::Error, Some(id)) => match self.take_pending(id, outcome(msg.kind)) {
-                Some(p) => self.answer(p.stream, line),
+                Some(p) => {
+                    let filtered = self.grants.as_ref().and_then(|g| g.filter_list(p.method, &line));
+                    self.answer(p.stream, filtered.unwrap_or(line))
+                }
                 None => tracing::debug!(id = %id, "Dropped a response to a request no longer in flight."),
             },
             (Kind::Notification, _) if msg.method() == Some("notifications/progress") => {
@@ -374,7 +394,7 @@ impl Actor {
                 tracing::warn!(id = %id, "Could not tell the backend that a request timed out: its stdin queue is full.");
             }
             let err = GatewayError::RequestTimeout(self.config.request_timeout);
-            self.answer(p.stream, error_response(Some(&id), err.rpc_code(), &err.to_string()));
+            self.answer(p.stream, err.to_rpc(Some(&id)));
         }
         // Work in flight or a reader attached is activity: the idle deadline moves on, so the
         // next wake-up is never in the past.
@@ -402,7 +422,7 @@ impl Actor {
         let ids: Vec<Id> = self.pending.keys().cloned().collect();
         for id in ids {
             if let Some(p) = self.take_pending(&id, "ended") {
-                let data = error_response(Some(&id), err.rpc_code(), &err.to_string());
+                let data = err.to_rpc(Some(&id));
                 match self.streams.get_mut(&p.stream) {
                     Some(s) if by_status && !s.persistent => {
                         s.owed = s.owed.saturating_sub(1);

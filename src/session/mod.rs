@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Caller;
 use crate::backend::{self, Backend};
 use crate::config::SessionConfig;
 use crate::error::GatewayError;
@@ -235,6 +236,8 @@ struct Inner {
     version: OnceLock<Box<str>>,
     /// The backend's `InitializeResult` (the `result` member), to answer a resuming client.
     initialize_result: OnceLock<Bytes>,
+    /// Who started the session (routes with `auth`): nobody else can use its id.
+    caller: Caller,
 }
 
 /// A cheap, clonable handle to a live session.
@@ -258,6 +261,11 @@ impl SessionHandle {
     /// The backend's `InitializeResult`, once the session is published.
     pub fn initialize_result(&self) -> Option<&Bytes> {
         self.0.initialize_result.get()
+    }
+
+    /// Who started the session, and what it may use.
+    pub fn caller(&self) -> &Caller {
+        &self.0.caller
     }
 
     /// Hands client messages to the session: requests are registered to be answered on
@@ -350,6 +358,9 @@ pub struct Registry {
     /// Per-route caps (`routes[].max_sessions`) and the sessions each route holds: route path
     /// → (cap, live sessions). Caps change on reload; counts carry over.
     route_caps: DashMap<String, (AtomicUsize, AtomicUsize)>,
+    /// `principals.max_sessions`, and the live sessions of each principal.
+    principal_cap: AtomicUsize,
+    by_principal: DashMap<Arc<str>, usize>,
     draining: AtomicBool,
     in_flight: Arc<InFlight>,
     /// Session tasks and their backend stops, awaited on shutdown.
@@ -364,14 +375,26 @@ pub struct Registry {
 /// How many ended sessions are remembered for their reason.
 const TOMBSTONES: usize = 1024;
 
-/// Frees a session slot when the session's task ends.
-struct Slot(Arc<Registry>, Arc<str>);
+/// A session's places among the instance's, its route's and its principal's sessions, given
+/// back when the session's task ends.
+struct Slot {
+    registry: Arc<Registry>,
+    route: Option<Arc<str>>,
+    principal: Option<Arc<str>>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.slots.fetch_sub(1, Ordering::SeqCst);
-        if let Some(cap) = self.0.route_caps.get(&*self.1) {
+        let r = &self.registry;
+        r.slots.fetch_sub(1, Ordering::SeqCst);
+        if let Some(cap) = self.route.as_ref().and_then(|route| r.route_caps.get(&**route)) {
             cap.1.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(principal) = &self.principal {
+            if let Some(mut n) = r.by_principal.get_mut(principal) {
+                *n -= 1;
+            }
+            r.by_principal.remove_if(principal, |_, n| *n == 0);
         }
     }
 }
@@ -392,6 +415,8 @@ impl Registry {
             slots: AtomicUsize::new(0),
             metrics,
             route_caps: DashMap::new(),
+            principal_cap: AtomicUsize::new(usize::MAX),
+            by_principal: DashMap::new(),
             draining: AtomicBool::new(false),
             in_flight: Arc::default(),
             tasks: TaskTracker::new(),
@@ -406,6 +431,11 @@ impl Registry {
     /// The limits and timeouts new sessions get.
     pub fn config(&self) -> Arc<SessionConfig> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sessions one principal may hold (`principals.max_sessions`).
+    pub fn set_principal_cap(&self, max: usize) {
+        self.principal_cap.store(max, Ordering::SeqCst);
     }
 
     /// New limits for new sessions (a reload): the instance cap, timeouts and buffers, and
@@ -436,11 +466,17 @@ impl Registry {
         removed
     }
 
-    /// The live session `id` on `route`, or the error a client gets for it: 404, saying why
-    /// when the session ended recently.
-    pub fn lookup(&self, id: &str, route: &str) -> Result<SessionHandle, GatewayError> {
-        if let Some(h) = self.get(id).filter(|h| h.route() == route) {
-            return Ok(h);
+    /// The live session `id` on `route` started by `caller`'s principal, or the error a client
+    /// gets for it: 404, saying why when the session ended recently. A session of another
+    /// principal is not found, exactly as an unknown id is.
+    pub fn lookup(&self, id: &str, route: &str, caller: &Caller) -> Result<SessionHandle, GatewayError> {
+        match self.get(id).filter(|h| h.route() == route) {
+            Some(h) if h.caller().name() == caller.name() => return Ok(h),
+            Some(_) => {
+                tracing::warn!(session.id = %id, "A session id was presented by a principal that does not own it.");
+                return Err(GatewayError::UnknownSession);
+            }
+            None => {}
         }
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         match ended.iter().find(|(e, _)| &**e == id) {
@@ -488,13 +524,16 @@ impl Registry {
         route: &str,
         backend: &Backend,
         transport: Transport,
+        caller: &Caller,
     ) -> Result<SessionHandle, GatewayError> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(GatewayError::ShuttingDown);
         }
         let config = self.config();
+        // The instance's place, then the route's, then the principal's; the slot gives back
+        // whichever were taken, when the session ends or when a later one is refused.
+        let mut slot = Slot { registry: self.clone(), route: None, principal: None };
         if self.slots.fetch_add(1, Ordering::SeqCst) >= config.max_sessions {
-            self.slots.fetch_sub(1, Ordering::SeqCst);
             return Err(GatewayError::TooManySessions(config.max_sessions));
         }
         {
@@ -507,11 +546,21 @@ impl Registry {
             let (max, live) = (cap.0.load(Ordering::SeqCst), &cap.1);
             if live.fetch_add(1, Ordering::SeqCst) >= max {
                 live.fetch_sub(1, Ordering::SeqCst);
-                self.slots.fetch_sub(1, Ordering::SeqCst);
                 return Err(GatewayError::RouteFull(route.to_owned(), max));
             }
+            slot.route = Some(Arc::from(route));
         }
-        let slot = Slot(self.clone(), Arc::from(route));
+        if let Some(name) = caller.name() {
+            let cap = self.principal_cap.load(Ordering::SeqCst);
+            let mut held = self.by_principal.entry(name.clone()).or_insert(0);
+            if *held >= cap {
+                drop(held);
+                self.by_principal.remove_if(name, |_, n| *n == 0);
+                return Err(GatewayError::PrincipalFull(cap));
+            }
+            *held += 1;
+            slot.principal = Some(name.clone());
+        }
         let id = self.mint_id();
         let ctx = backend::Context { self_exe: self.self_exe.clone(), session_id: id.clone() };
         let conn = backend.connect(&ctx).await.map_err(|e| GatewayError::BackendUnavailable(e.0))?;
@@ -523,6 +572,7 @@ impl Registry {
             backend: conn.tx.clone(),
             version: OnceLock::new(),
             initialize_result: OnceLock::new(),
+            caller: caller.clone(),
         }));
         let m = &self.metrics;
         let actor = actor::Actor::new(
@@ -530,6 +580,7 @@ impl Registry {
             conn.tx.clone(),
             self.in_flight.clone(),
             actor::RouteMetrics::new(m, route),
+            caller.1.clone(),
         );
         let shutdown = self.shutdown.clone();
         let registry = self.clone();

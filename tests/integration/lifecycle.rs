@@ -86,14 +86,7 @@ async fn each_route_has_its_own_sessions() {
     let mut config = crate::common::default_config();
     let backend = config.backends["example"].clone();
     config.backends.insert("other".into(), backend);
-    config.routes.push(mcp_edge::config::RouteConfig {
-        path: "/other".into(),
-        backend: "other".into(),
-        websocket: true,
-        sse_path: None,
-        messages_path: None,
-        max_sessions: None,
-    });
+    config.routes.push(mcp_edge::config::RouteConfig::new("/other", "other"));
     let gw = TestGateway::start(config).await;
     let mut a = gw.client();
     a.initialize("2025-06-18").await;

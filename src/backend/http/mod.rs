@@ -29,7 +29,7 @@ use super::event_stream::Decoder;
 use super::upstream::{media_type, read_body, snippet, Upstream, SESSION_HEADER, VERSION_HEADER};
 use super::{legacy_sse, Connection, Context, Event, Stopper};
 use crate::error::GatewayError;
-use crate::jsonrpc::{error_response, Id, Kind, Message};
+use crate::jsonrpc::{Id, Kind, Message};
 use crate::retry::{Attempts, Backoff};
 use exchange::{Outcome, Purpose};
 
@@ -296,7 +296,7 @@ impl Link {
     async fn reply_error(&self, id: &Id, why: String) {
         let err = GatewayError::BackendUnavailable(why);
         tracing::warn!(parent: &self.span, id = %id, "{err}");
-        self.emit(error_response(Some(id), err.rpc_code(), &err.to_string())).await;
+        self.emit(err.to_rpc(Some(id))).await;
     }
 
     /// The upstream session is gone for good: the gateway session ends so the client gets

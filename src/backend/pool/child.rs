@@ -233,6 +233,6 @@ fn fail_in_flight(shared: &Arc<Shared>, slot: &Slot, why: &str) {
         if let Some(entry) = shared.session(p.session) {
             Shared::lock(&entry.outgoing).remove(&p.id);
         }
-        shared.deliver(p.session, error_response(Some(&p.id), err.rpc_code(), &err.to_string()));
+        shared.deliver(p.session, err.to_rpc(Some(&p.id)));
     }
 }

@@ -14,7 +14,7 @@ use super::{Pending, SessionEntry, Shared, Slot};
 use crate::backend::{Connection, Context, Stopper};
 use crate::error::GatewayError;
 use crate::jsonrpc::rewrite::{with_id, with_param};
-use crate::jsonrpc::{error_response, Id, Kind, Message};
+use crate::jsonrpc::{Id, Kind, Message};
 
 /// Opens a session's connection to the pool.
 pub(super) fn open(shared: Arc<Shared>, _ctx: &Context) -> Connection {
@@ -209,5 +209,5 @@ fn fail(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, id: Option<&Id>, err: &
         return;
     }
     tracing::info!(backend.name = %shared.name, "{err}");
-    shared.deliver(entry.key, error_response(id, err.rpc_code(), &err.to_string()));
+    shared.deliver(entry.key, err.to_rpc(id));
 }
