@@ -3,6 +3,7 @@
 
 mod common;
 
+mod auth;
 mod backend_failure;
 mod cli;
 mod concurrency;

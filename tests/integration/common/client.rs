@@ -19,6 +19,8 @@ pub struct Client {
     http: Http<HttpConnector, Full<Bytes>>,
     pub session: Option<String>,
     pub version: String,
+    /// `Authorization` sent with every request of the helpers (`Bearer …`).
+    pub authorization: Option<String>,
     next_id: AtomicU64,
 }
 
@@ -56,6 +58,7 @@ impl Client {
             http: Http::builder(TokioExecutor::new()).build_http(),
             session: None,
             version: "2025-06-18".into(),
+            authorization: None,
             next_id: AtomicU64::new(1),
         }
     }
@@ -83,8 +86,17 @@ impl Client {
             h.push(("mcp-session-id", s.as_str()));
             h.push(("mcp-protocol-version", self.version.as_str()));
         }
+        if let Some(a) = &self.authorization {
+            h.push(("authorization", a.as_str()));
+        }
         h.extend_from_slice(extra);
         h
+    }
+
+    /// A client that sends `Authorization: Bearer <token>`.
+    pub fn bearer(mut self, token: &str) -> Client {
+        self.authorization = Some(format!("Bearer {token}"));
+        self
     }
 
     pub async fn post(&self, body: &Value) -> Response {
@@ -100,6 +112,9 @@ impl Client {
         if let Some(s) = &self.session {
             h.push(("mcp-session-id", s.as_str()));
             h.push(("mcp-protocol-version", self.version.as_str()));
+        }
+        if let Some(a) = &self.authorization {
+            h.push(("authorization", a.as_str()));
         }
         h.extend_from_slice(extra);
         self.raw(Method::GET, &h, Bytes::new()).await
