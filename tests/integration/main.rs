@@ -10,6 +10,7 @@ mod concurrency;
 mod errors;
 mod legacy_sse;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod pool;
 mod processes;
