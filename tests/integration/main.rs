@@ -20,6 +20,7 @@ mod routing;
 mod shutdown;
 mod sse_upstream;
 mod timeouts;
+mod tls;
 mod upstream;
 mod upstream_tls;
 mod websocket;

@@ -47,6 +47,8 @@ pub struct TestGateway {
     pub addr: std::net::SocketAddr,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`), when on.
     pub admin: Option<std::net::SocketAddr>,
+    /// Applies a new configuration as SIGHUP would.
+    pub reloader: mcp_edge::Reloader,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -56,11 +58,12 @@ impl TestGateway {
         let gw = mcp_edge::Gateway::bind(config, EXE.into()).await.expect("binds");
         let addr = gw.local_addr();
         let admin = gw.admin_addr();
+        let reloader = gw.reloader();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        TestGateway { url: format!("http://{addr}/mcp"), addr, admin, stop: Some(tx), task: Some(task) }
+        TestGateway { url: format!("http://{addr}/mcp"), addr, admin, reloader, stop: Some(tx), task: Some(task) }
     }
 
     pub async fn default() -> TestGateway {

@@ -25,7 +25,11 @@ pub struct Pki {
     pub ca: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
-    ca_der: CertificateDer<'static>,
+    /// The server certificate (for `localhost` and 127.0.0.1) and its key, as PEM files.
+    pub server_cert: PathBuf,
+    pub server_key_file: PathBuf,
+    pub ca_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: Vec<u8>,
 }
@@ -67,11 +71,46 @@ impl Pki {
             ca: write("ca.pem", ca.pem()),
             client_cert: write("client.pem", client.pem()),
             client_key: write("client-key.pem", client_key.serialize_pem()),
+            server_cert: write("server.pem", server.pem()),
+            server_key_file: write("server-key.pem", server_key.serialize_pem()),
             ca_der: ca.der().clone(),
             server_chain: vec![server.der().clone()],
             server_key: server_key.serialize_der(),
+            issuer,
             dir,
         }
+    }
+
+    /// Issues a new server certificate and writes it over the server PEM files; returns it.
+    pub fn reissue_server(&self) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        std::fs::write(&self.server_cert, cert.pem()).unwrap();
+        std::fs::write(&self.server_key_file, key.serialize_pem()).unwrap();
+        cert.der().clone()
+    }
+
+    /// The server certificate as it is now on disk.
+    pub fn server_der(&self) -> CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_file(&self.server_cert).unwrap()
+    }
+
+    /// A client configuration trusting this CA, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
     }
 
     fn server_config(&self) -> rustls::ServerConfig {
