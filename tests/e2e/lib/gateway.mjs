@@ -3,6 +3,8 @@
 //   const gw = await startGateway();            // fronts server-everything over stdio
 //   const gw = await startGateway({ stdio });   // or any other stdio command line
 //   const gw = await startGateway({ config });  // or a configuration file (--config)
+//   const gw = await startGateway({ config, listen: `127.0.0.1:${await freePort()}` });
+//                                               // a port known in advance (for public_url)
 //   ... gw.url (http://127.0.0.1:PORT/mcp), gw.logs (stderr lines), gw.dumpLogs()
 //   await gw.stop();                            // SIGTERM, then await the exit
 //
@@ -62,12 +64,14 @@ export function tomlString(s) {
 }
 
 /**
- * Starts `mcp-edge run --listen 127.0.0.1:0 --log-format json --stdio <stdio>` (or
+ * Starts `mcp-edge run --listen <listen> --log-format json --stdio <stdio>` (or
  * `--config <config>`) and waits for its "Listening." log line.
  *
  * @param {object} [opts]
  * @param {string} [opts.stdio] the backend command line (default: server-everything)
  * @param {string} [opts.config] a configuration file to run instead of quick mode
+ * @param {string} [opts.listen] the --listen address (default `127.0.0.1:0`, a port the system
+ *   picks; set one when the configuration must name the port, as a route's `public_url` does)
  * @param {string[]} [opts.extraArgs] more arguments for `mcp-edge run`
  * @param {object} [opts.env] environment of the gateway (default: process.env; MCP_EDGE_*
  *   variables in it are gateway configuration)
@@ -79,6 +83,7 @@ export async function startGateway(opts = {}) {
   const {
     stdio = everythingStdioCommand(),
     config,
+    listen: listenAddr = '127.0.0.1:0',
     extraArgs = [],
     env = process.env,
     startTimeoutMs = 15_000,
@@ -96,7 +101,7 @@ export async function startGateway(opts = {}) {
     upstream = await startEverything(backend);
     source = ['--upstream', upstream.url, '--upstream-kind', backend];
   }
-  const args = ['run', '--listen', '127.0.0.1:0', '--log-format', 'json', ...source, ...extraArgs];
+  const args = ['run', '--listen', listenAddr, '--log-format', 'json', ...source, ...extraArgs];
   const child = spawn(bin, args, { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
 
   /** Every stderr line, as text, in order. */
@@ -199,7 +204,7 @@ export async function startGateway(opts = {}) {
 }
 
 /** A port nothing listens on right now. */
-async function freePort() {
+export async function freePort() {
   const srv = createServer();
   await new Promise((res) => srv.listen(0, '127.0.0.1', res));
   const { port } = srv.address();
