@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! loadgen --url http://127.0.0.1:8080/mcp [--transport http|ws] [--sessions 8] [--duration 5]
-//!         [--calls N] [--warmup 10] [--watch NAME=PID]...
+//!         [--calls N] [--warmup 10] [--watch NAME=PID]... [--bearer TOKEN] [--interval-ms N]
+//!         [--limited-ok]
 //! loadgen --idle --url ws://127.0.0.1:8080/mcp --sessions 1000 [--hold 2] --watch gateway=PID
 //! ```
 //!
@@ -14,6 +15,11 @@
 //! counts which it got. Over `ws` each call is one text frame on the session's WebSocket
 //! (subprotocol `mcp`). Every answer is checked: its id, and the echoed text, which names the
 //! session and the call, so an answer routed to the wrong session is an error.
+//!
+//! `--bearer TOKEN` authenticates every session (`Authorization: Bearer` over HTTP, the
+//! subprotocol `mcp.auth.TOKEN` over WebSocket); `--interval-ms` pauses between one session's
+//! calls (a client under its rate); `--limited-ok` counts rate-limit answers (`-32007`) as
+//! `limited` rather than errors (a flood).
 //!
 //! **Idle** (`--idle`): opens and initializes `--sessions` WebSocket sessions, holds them for
 //! `--hold` seconds, and reports the RSS growth of each watched process per connection.
@@ -71,10 +77,16 @@ struct Args {
     watch: Vec<(String, u32)>,
     idle: bool,
     hold: Duration,
+    /// Sent as `Authorization: Bearer …` (HTTP) or the subprotocol `mcp.auth.…` (WebSocket).
+    bearer: Option<String>,
+    /// Pause between one session's calls.
+    interval: Duration,
+    /// Count `-32007` answers (a rate limit) as `limited`, not as errors.
+    limited_ok: bool,
 }
 
 const USAGE: &str = "usage: loadgen --url URL [--transport http|ws] [--sessions N] [--duration SECS] [--calls N]
-                      [--warmup N] [--watch NAME=PID]...
+                      [--warmup N] [--watch NAME=PID]... [--bearer TOKEN] [--interval-ms N] [--limited-ok]
        loadgen --idle --url WS_URL --sessions N [--hold SECS] --watch NAME=PID";
 
 fn usage(why: &str) -> ! {
@@ -93,11 +105,18 @@ fn parse_args() -> Args {
         watch: Vec::new(),
         idle: false,
         hold: Duration::from_secs(2),
+        bearer: None,
+        interval: Duration::ZERO,
+        limited_ok: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--idle" {
             a.idle = true;
+            continue;
+        }
+        if flag == "--limited-ok" {
+            a.limited_ok = true;
             continue;
         }
         let v = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
@@ -115,6 +134,10 @@ fn parse_args() -> Args {
             "--hold" => a.hold = secs(&v),
             "--calls" => a.calls = v.parse().ok().filter(|n| (1..=MAX_CALLS).contains(n)).unwrap_or_else(|| bad()),
             "--warmup" => a.warmup = v.parse().ok().filter(|n| *n <= 1000).unwrap_or_else(|| bad()),
+            "--bearer" if !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()) => a.bearer = Some(v.clone()),
+            "--interval-ms" => {
+                a.interval = Duration::from_millis(v.parse().ok().filter(|n| *n <= 60_000).unwrap_or_else(|| bad()))
+            }
             "--watch" => {
                 let (name, pid) = v.split_once('=').unwrap_or_else(|| bad());
                 a.watch.push((name.to_owned(), pid.parse().unwrap_or_else(|_| bad())));
@@ -157,7 +180,7 @@ async fn connect(addr: SocketAddr, n: usize) -> Result<TcpStream, String> {
 }
 
 enum Conn {
-    Http { send: SendRequest<Full<Bytes>>, uri: Uri, host: String, session: Option<String> },
+    Http { send: SendRequest<Full<Bytes>>, uri: Uri, host: String, session: Option<String>, bearer: Option<String> },
     Ws(WebSocketStream<TcpStream>),
 }
 
@@ -168,10 +191,18 @@ struct Session {
     next_id: u64,
     /// Answers by content type: `application/json`, `text/event-stream` or `ws`.
     answers: HashMap<&'static str, u64>,
+    limited_ok: bool,
+}
+
+/// How one call went, short of a failure.
+enum Outcome {
+    Answered,
+    /// Refused by a rate limit (`-32007`), with `--limited-ok`.
+    Limited,
 }
 
 impl Session {
-    async fn open(url: &str, transport: Transport, n: usize) -> Result<Session, String> {
+    async fn open(url: &str, transport: Transport, n: usize, opts: &Options) -> Result<Session, String> {
         let uri: Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
         let stream = connect(target(&uri), n).await?;
         let conn = match transport {
@@ -184,35 +215,45 @@ impl Session {
                 // authority in Host.
                 let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
                 let uri = uri.path_and_query().map_or("/", |p| p.as_str()).parse().map_err(|e| format!("{e}"))?;
-                Conn::Http { send, uri, host, session: None }
+                Conn::Http { send, uri, host, session: None, bearer: opts.bearer.clone() }
             }
             Transport::Ws => {
                 let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-                req.headers_mut().insert("sec-websocket-protocol", "mcp".parse().expect("a valid header"));
+                let protocols = match &opts.bearer {
+                    Some(token) => format!("mcp, mcp.auth.{token}"),
+                    None => "mcp".into(),
+                };
+                req.headers_mut().insert("sec-websocket-protocol", protocols.parse().map_err(|_| "a bad token")?);
                 let (ws, _) =
                     tokio_tungstenite::client_async(req, stream).await.map_err(|e| format!("upgrade: {e}"))?;
                 Conn::Ws(ws)
             }
         };
-        let mut s = Session { n, conn, next_id: 0, answers: HashMap::new() };
+        let mut s = Session { n, conn, next_id: 0, answers: HashMap::new(), limited_ok: opts.limited_ok };
         let params = json!({"protocolVersion": PROTOCOL, "capabilities": {},
             "clientInfo": {"name": "mcp-edge-loadgen", "version": "1"}});
-        s.request("initialize", params).await?;
+        s.request("initialize", params).await?.map_err(|e| format!("initialize: JSON-RPC error {e}"))?;
         s.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}), None).await?;
         Ok(s)
     }
 
     /// Calls `echo` and checks that the text came back to this session.
-    async fn echo(&mut self) -> Result<(), String> {
+    async fn echo(&mut self) -> Result<Outcome, String> {
         let message = format!("session {} call {}", self.n, self.next_id);
-        let result = self.request("tools/call", json!({"name": "echo", "arguments": {"message": message}})).await?;
+        let result =
+            match self.request("tools/call", json!({"name": "echo", "arguments": {"message": message}})).await? {
+                Ok(result) => result,
+                Err(e) if self.limited_ok && e["code"] == -32007 => return Ok(Outcome::Limited),
+                Err(e) => return Err(format!("tools/call: JSON-RPC error {e}")),
+            };
         match result["content"][0]["text"].as_str() {
-            Some(t) if t == message => Ok(()),
+            Some(t) if t == message => Ok(Outcome::Answered),
             _ => Err(format!("echo answered {result} to {message:?}")),
         }
     }
 
-    async fn request(&mut self, method: &str, params: Value) -> Result<Value, String> {
+    /// The result of a request, or its JSON-RPC error object.
+    async fn request(&mut self, method: &str, params: Value) -> Result<Result<Value, Value>, String> {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
@@ -221,8 +262,8 @@ impl Session {
             .map_err(|_| format!("no answer to {method} within {REQUEST_TIMEOUT:?}"))??
             .ok_or_else(|| format!("no answer to {method}"))?;
         match answer.get("error") {
-            Some(e) => Err(format!("{method}: JSON-RPC error {e}")),
-            None => Ok(answer["result"].clone()),
+            Some(e) => Ok(Err(e.clone())),
+            None => Ok(Ok(answer["result"].clone())),
         }
     }
 
@@ -230,11 +271,14 @@ impl Session {
     async fn send(&mut self, msg: Value, id: Option<u64>) -> Result<Option<Value>, String> {
         let is_answer = |v: &Value| id.is_some() && v["id"].as_u64() == id && v.get("method").is_none();
         match &mut self.conn {
-            Conn::Http { send, uri, host, session } => {
+            Conn::Http { send, uri, host, session, bearer } => {
                 let mut req = Request::post(uri.clone())
                     .header("host", host.as_str())
                     .header("content-type", "application/json")
                     .header("accept", "application/json, text/event-stream");
+                if let Some(token) = bearer {
+                    req = req.header("authorization", format!("Bearer {token}"));
+                }
                 if let Some(s) = session.as_deref() {
                     req = req.header("mcp-session-id", s).header("mcp-protocol-version", PROTOCOL);
                 }
@@ -370,16 +414,24 @@ fn round(x: f64, places: i32) -> f64 {
     (x * m).round() / m
 }
 
+/// What every session of a run shares.
+#[derive(Clone, Default)]
+struct Options {
+    bearer: Option<String>,
+    limited_ok: bool,
+}
+
 /// Opens `n` sessions, `PARALLEL` at a time, in session order.
-async fn open_all(url: &str, transport: Transport, n: usize) -> Vec<Result<Session, String>> {
-    futures_util::stream::iter(0..n).map(|i| Session::open(url, transport, i)).buffered(PARALLEL).collect().await
+async fn open_all(url: &str, transport: Transport, n: usize, opts: &Options) -> Vec<Result<Session, String>> {
+    futures_util::stream::iter(0..n).map(|i| Session::open(url, transport, i, opts)).buffered(PARALLEL).collect().await
 }
 
 async fn idle(a: Args) -> Value {
     let Some((name, pid)) = a.watch.first().cloned() else { usage("--idle needs --watch NAME=PID") };
     let before = proc_kib(pid, "status", "VmRSS:");
     let started = Instant::now();
-    let sessions = open_all(&a.url, Transport::Ws, a.sessions).await;
+    let sessions =
+        open_all(&a.url, Transport::Ws, a.sessions, &Options { bearer: a.bearer.clone(), limited_ok: false }).await;
     let open_secs = started.elapsed().as_secs_f64();
     let errors: Vec<&String> = sessions.iter().filter_map(|s| s.as_ref().err()).collect();
     // Let allocations settle while the connections sit idle.
@@ -396,23 +448,28 @@ struct Done {
     session: Session,
     latencies: Vec<u64>,
     errors: u64,
+    limited: u64,
     first_error: Option<String>,
 }
 
-/// Calls `echo` one call at a time until the deadline or `limit` calls.
-async fn call_loop(mut session: Session, deadline: tokio::time::Instant, limit: u64) -> Done {
-    let (mut latencies, mut errors, mut first_error) = (Vec::with_capacity(4096), 0u64, None);
-    while (latencies.len() as u64) + errors < limit && tokio::time::Instant::now() < deadline {
+/// Calls `echo` one call at a time, `interval` apart, until the deadline or `limit` calls.
+async fn call_loop(mut session: Session, deadline: tokio::time::Instant, limit: u64, interval: Duration) -> Done {
+    let (mut latencies, mut errors, mut limited, mut first_error) = (Vec::with_capacity(4096), 0u64, 0u64, None);
+    while (latencies.len() as u64) + errors + limited < limit && tokio::time::Instant::now() < deadline {
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
         let t = Instant::now();
         match session.echo().await {
-            Ok(()) => latencies.push(t.elapsed().as_micros() as u64),
+            Ok(Outcome::Answered) => latencies.push(t.elapsed().as_micros() as u64),
+            Ok(Outcome::Limited) => limited += 1,
             Err(e) => {
                 errors += 1;
                 first_error.get_or_insert(e);
             }
         }
     }
-    Done { session, latencies, errors, first_error }
+    Done { session, latencies, errors, limited, first_error }
 }
 
 fn usage_json(pid: u32, before: &Usage, after: &Usage, calls: u64) -> Value {
@@ -430,7 +487,8 @@ async fn load(a: Args) -> Value {
         first_error.get_or_insert(e);
     };
     let mut ready = Vec::new();
-    for s in open_all(&a.url, a.transport, a.sessions).await {
+    let opts = Options { bearer: a.bearer.clone(), limited_ok: a.limited_ok };
+    for s in open_all(&a.url, a.transport, a.sessions, &opts).await {
         match s {
             Ok(s) => ready.push(s),
             Err(e) => note(e, &mut errors),
@@ -441,6 +499,7 @@ async fn load(a: Args) -> Value {
             if let Err(e) = s.echo().await {
                 note(e, &mut errors);
             }
+            tokio::time::sleep(a.interval).await;
         }
     }
     let sessions_ready = ready.len();
@@ -454,13 +513,15 @@ async fn load(a: Args) -> Value {
     let self_before = usage_of(std::process::id(), &proc_table(), false).own_ticks;
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started + a.duration);
-    let tasks: Vec<_> = ready.into_iter().map(|s| tokio::spawn(call_loop(s, deadline, a.calls))).collect();
+    let tasks: Vec<_> = ready.into_iter().map(|s| tokio::spawn(call_loop(s, deadline, a.calls, a.interval))).collect();
     let mut latencies = Vec::new();
+    let mut limited = 0u64;
     let mut answers: HashMap<&str, u64> = HashMap::new();
     for t in tasks {
         let done = t.await.expect("a session task does not panic");
         latencies.extend(done.latencies);
         errors += done.errors;
+        limited += done.limited;
         if let Some(f) = done.first_error {
             first_error.get_or_insert(f);
         }
@@ -484,7 +545,7 @@ async fn load(a: Args) -> Value {
     json!({"transport": if a.transport == Transport::Ws { "ws" } else { "http" }, "sessions": a.sessions,
         "sessions_ready": sessions_ready, "duration_s": round(elapsed, 3), "calls": calls,
         "req_per_s": round(calls as f64 / elapsed, 1), "p50_us": pct(0.50), "p90_us": pct(0.90), "p99_us": pct(0.99),
-        "max_us": latencies.last().copied().unwrap_or(0), "errors": errors, "first_error": first_error,
+        "max_us": latencies.last().copied().unwrap_or(0), "errors": errors, "limited": limited, "first_error": first_error,
         "answers": answers, "client_cpu_us_per_call": round(per_call_us(self_ticks, calls), 1), "watch": watched})
 }
 
