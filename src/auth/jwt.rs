@@ -36,7 +36,7 @@ struct Key {
 
 enum Source {
     File(PathBuf),
-    Url { url: Uri, client: HttpClient },
+    Url { url: Uri, client: Box<HttpClient> },
 }
 
 struct Shared {
@@ -153,7 +153,7 @@ impl JwtVerifier {
             (None, Some(url)) => {
                 let url: Uri = url.parse().map_err(|e| format!("`jwks_url`: {e}"))?;
                 let client = crate::backend::upstream::http_client(&Default::default(), &url, FETCH_TIMEOUT, false)?;
-                (Source::Url { url, client }, Vec::new())
+                (Source::Url { url, client: Box::new(client) }, Vec::new())
             }
             (None, None) => return Err("set `jwks_file` or `jwks_url`".into()),
         };
