@@ -287,3 +287,25 @@ async fn a_flood_from_one_principal_is_refused_in_band_while_another_is_served()
     println!("baseline p99 {baseline:?}, p99 during a flood of {sent} requests ({refused} refused): {during:?}");
     assert!(refused > 0, "the flood hit the rate limit ({refused} of {sent})");
 }
+
+#[tokio::test]
+async fn over_websocket_a_limited_request_gets_a_json_rpc_error_and_the_connection_stays() {
+    use crate::common::ws::{try_connect, ws_url};
+    let mut c = keyed_config();
+    c.principals.requests_per_second = 1.0;
+    c.principals.burst = 3;
+    let gw = TestGateway::start(c).await;
+    let url = ws_url(&gw.url, "");
+    let mut ws = try_connect(&url, &["mcp", "mcp.auth.alice-key-0123456789"], &[]).await.expect("opens");
+    ws.initialize(None).await; // 1 of 3
+    for _ in 0..2 {
+        let (r, _) = ws.request("tools/call", json!({"name": "echo", "arguments": {"message": "x"}})).await;
+        assert!(r["result"].is_object(), "{r}");
+    }
+    let (limited, _) = ws.request("tools/call", json!({"name": "echo", "arguments": {"message": "x"}})).await;
+    assert_eq!(limited["error"]["code"], -32007, "{limited}");
+    assert!(limited["error"]["data"]["retryAfterMs"].as_u64().is_some_and(|ms| ms <= 1000));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (r, _) = ws.request("tools/call", json!({"name": "echo", "arguments": {"message": "again"}})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "again", "the same connection goes on");
+}

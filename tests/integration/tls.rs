@@ -144,3 +144,27 @@ async fn a_reload_presents_the_new_certificate_and_keeps_open_connections() {
     let (_, presented) = handshake(&pki, port).await.unwrap();
     assert_eq!(presented, after);
 }
+
+#[tokio::test]
+async fn the_admin_listener_terminates_tls_too() {
+    let pki = Pki::new();
+    let mut c = default_config();
+    c.admin.tls = Some(mcp_edge::config::TlsServerConfig {
+        cert_file: pki.server_cert.clone(),
+        key_file: pki.server_key_file.clone(),
+    });
+    let gw = TestGateway::start(c).await;
+    let admin = gw.admin.expect("the admin listener is on");
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(pki.client_config(&[]))
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: Http<_, Full<Bytes>> = Http::builder(TokioExecutor::new()).build(https);
+    let req =
+        Request::get(format!("https://localhost:{}/metrics", admin.port())).body(Full::new(Bytes::new())).unwrap();
+    let resp = client.request(req).await.expect("an HTTPS answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("mcp_edge_connections"));
+}
