@@ -223,8 +223,14 @@ impl Message {
     }
 
     fn from_raw(source: &Bytes, raw: &RawValue) -> Result<Message, ParseError> {
+        // Checked first: serde would also read the envelope from an array (`["2.0",1,"ping"]`).
+        if !raw.get().starts_with('{') {
+            return Err(ParseError::Invalid("a message must be a JSON object"));
+        }
+        // Of an object, serde refuses only a repeated member (`"id"` twice, or once escaped):
+        // the gateway and the backend could each read a different one.
         let env: Envelope<'_> =
-            serde_json::from_str(raw.get()).map_err(|_| ParseError::Invalid("a message must be a JSON object"))?;
+            serde_json::from_str(raw.get()).map_err(|_| ParseError::Invalid("a member appears twice"))?;
         if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(ParseError::Invalid("\"jsonrpc\" must be \"2.0\""));
         }
@@ -241,6 +247,10 @@ impl Message {
                     .into_boxed_str(),
             ),
         };
+        // `null` is taken as absent: some clients send it for "no params".
+        if env.params.is_some_and(|p| !matches!(p.get().as_bytes().first(), Some(b'{' | b'[' | b'n'))) {
+            return Err(ParseError::Invalid("\"params\" must be an object or an array"));
+        }
         let kind = match (&method, &id, env.result, env.error) {
             (Some(_), Some(_), None, None) => Kind::Request,
             (Some(_), None, None, None) if env.id.is_none() => Kind::Notification,
@@ -426,6 +436,23 @@ mod tests {
         assert_eq!(parse(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).unwrap_err().code(), code::INVALID_REQUEST);
         assert_eq!(parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).unwrap_err().code(), code::INVALID_REQUEST);
         assert_eq!(parse("[1]").unwrap_err().code(), code::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn rejects_what_serde_would_read_loosely() {
+        let invalid = |s: &str| Body::parse(&Bytes::from(s.to_owned())).unwrap_err();
+        // An array would deserialize into the envelope's fields in order.
+        assert_eq!(invalid(r#"[["2.0",1,"ping"]]"#), ParseError::Invalid("a message must be a JSON object"));
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1,"\u0069d":2,"method":"x"}"#),
+            ParseError::Invalid("a member appears twice")
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"p"}"#),
+            ParseError::Invalid("\"params\" must be an object or an array")
+        );
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":null}"#).is_ok());
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#).is_ok());
     }
 
     #[test]
