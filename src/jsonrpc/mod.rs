@@ -51,8 +51,10 @@ pub mod code {
     pub const OVERLOADED: i64 = -32007;
 }
 
-/// A JSON-RPC id (string or integer) kept as its exact JSON text, so `1` and `"1"` stay
-/// distinct and every id travels back to the client byte for byte as it came.
+/// A JSON-RPC id (string or integer) kept as JSON text, so `1` and `"1"` stay distinct. A
+/// string id written with escapes it does not need (`"\u0061"`, `"\/"`) is kept as serde_json
+/// writes it (`"a"`, `"/"`): backends decode ids and write them back their own way, and the
+/// answer must still find its request. Any other id keeps its exact text.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Id(Arc<str>);
 
@@ -60,14 +62,18 @@ impl Id {
     /// Parses raw JSON text as an id; `None` unless it is a string or an integer.
     pub fn from_raw(raw: &RawValue) -> Option<Id> {
         let text = raw.get().trim();
-        let ok = match text.as_bytes().first()? {
-            b'"' => serde_json::from_str::<&str>(text).is_ok() || serde_json::from_str::<String>(text).is_ok(),
-            b'-' | b'0'..=b'9' => {
-                serde_json::from_str::<i64>(text).is_ok() || serde_json::from_str::<u64>(text).is_ok()
+        match text.as_bytes().first()? {
+            // Without a backslash, valid JSON string text is already in that one form.
+            b'"' if !text.contains('\\') => Some(Id(Arc::from(text))),
+            b'"' => {
+                let s = serde_json::from_str::<String>(text).ok()?;
+                Some(Id(Arc::from(serde_json::to_string(&s).ok()?)))
             }
-            _ => false,
-        };
-        ok.then(|| Id(Arc::from(text)))
+            b'-' | b'0'..=b'9' => (serde_json::from_str::<i64>(text).is_ok()
+                || serde_json::from_str::<u64>(text).is_ok())
+            .then(|| Id(Arc::from(text))),
+            _ => None,
+        }
     }
 
     /// An id the gateway makes itself (numbers only).
@@ -453,6 +459,18 @@ mod tests {
         );
         assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":null}"#).is_ok());
         assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#).is_ok());
+    }
+
+    #[test]
+    fn string_ids_match_however_they_are_escaped() {
+        let id = |s: &str| parse(&format!(r#"{{"jsonrpc":"2.0","id":{s},"method":"x"}}"#)).unwrap().id.unwrap();
+        assert_eq!(id(r#""\u0061\/b""#), id(r#""a/b""#));
+        assert_eq!(id(r#""\u0061\/b""#).as_json(), r#""a/b""#);
+        assert_eq!(id(r#""caf\u00e9""#).as_json(), r#""café""#);
+        assert_eq!(id(r#""q\"\n""#).as_json(), r#""q\"\n""#);
+        assert_ne!(id("1"), id(r#""1""#));
+        assert_eq!(id("18446744073709551615").as_json(), "18446744073709551615");
+        assert!(parse(r#"{"jsonrpc":"2.0","id":"\ud800","method":"x"}"#).is_err());
     }
 
     #[test]
