@@ -190,6 +190,42 @@ struct Meta<'a> {
     progress_token: Option<&'a RawValue>,
 }
 
+/// The deepest nesting of arrays and objects a client message may have: the most serde_json
+/// parses (its recursion limit), so a backend built on it can read whatever the gateway passes.
+pub const MAX_DEPTH: usize = 127;
+
+/// Whether valid JSON text nests arrays and objects deeper than [`MAX_DEPTH`]. Iterative, so
+/// any depth is safe to check; a quick count skips the scan for the usual shallow message.
+fn too_deep(json: &[u8]) -> bool {
+    if json.iter().filter(|b| matches!(b, b'[' | b'{')).count() <= MAX_DEPTH {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A request body: one message or a batch.
 #[derive(Debug)]
 pub enum Body {
@@ -198,18 +234,28 @@ pub enum Body {
 }
 
 impl Body {
-    /// Parses a POST body. Arrays become batches; an empty array is invalid.
+    /// Parses what a client sent (a POST body, a WebSocket text message). Arrays become
+    /// batches; an empty array is invalid. A message nested deeper than [`MAX_DEPTH`] is
+    /// refused as a parse error: the gateway itself reads only the envelope, but a backend
+    /// that parses with serde_json could not read it.
     pub fn parse(bytes: &Bytes) -> Result<Body, ParseError> {
+        let one = |raw: &RawValue| {
+            if too_deep(raw.get().as_bytes()) {
+                return Err(ParseError::Json(format!("nested deeper than {MAX_DEPTH} levels")));
+            }
+            Message::from_raw(bytes, raw)
+        };
+        let json = |e: serde_json::Error| ParseError::Json(e.to_string());
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
-            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(json)?;
             if items.is_empty() {
                 return Err(ParseError::Invalid("empty batch"));
             }
-            let msgs = items.into_iter().map(|raw| Message::from_raw(bytes, raw)).collect::<Result<_, _>>()?;
+            let msgs = items.into_iter().map(one).collect::<Result<_, _>>()?;
             Ok(Body::Batch(msgs))
         } else {
-            Message::parse(bytes).map(Body::Single)
+            one(serde_json::from_slice(bytes).map_err(json)?).map(Body::Single)
         }
     }
 
@@ -459,6 +505,25 @@ mod tests {
         );
         assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":null}"#).is_ok());
         assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#).is_ok());
+    }
+
+    #[test]
+    fn depth_limit_is_serde_jsons() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(serde_json::from_str::<serde_json::Value>(&nest(MAX_DEPTH)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nest(MAX_DEPTH + 1)).is_err());
+        assert!(!too_deep(nest(MAX_DEPTH).as_bytes()));
+        assert!(too_deep(nest(MAX_DEPTH + 1).as_bytes()));
+        assert!(too_deep(nest(1_000_000).as_bytes()));
+        // Brackets inside strings, escaped quotes included, do not count.
+        let quoted = format!(r#"{{"a":"\"{}"}}"#, "[{".repeat(MAX_DEPTH));
+        assert!(!too_deep(quoted.as_bytes()));
+        let wrapped = |n: usize| format!(r#"{{"jsonrpc":"2.0","method":"x","params":{{"p":{}}}}}"#, nest(n - 2));
+        assert!(Body::parse(&Bytes::from(wrapped(MAX_DEPTH))).is_ok());
+        let err = Body::parse(&Bytes::from(wrapped(MAX_DEPTH + 1))).unwrap_err();
+        assert_eq!(err.code(), code::PARSE_ERROR);
+        let batch = format!("[{}]", wrapped(MAX_DEPTH));
+        assert!(Body::parse(&Bytes::from(batch)).is_ok(), "the batch's own array does not count");
     }
 
     #[test]
