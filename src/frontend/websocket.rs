@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -348,6 +349,15 @@ impl Connection {
                 Some(Err(WsError::Capacity(_))) => {
                     let limit = self.app.served().config.websocket.max_message_bytes;
                     let _ = direct.send(Outgoing::Close(GatewayError::MessageTooLarge(limit))).await;
+                    return Ending::Dropped;
+                }
+                // The library refuses such frames but leaves failing the connection to us.
+                Some(Err(WsError::Protocol(e))) if !matches!(e, ProtocolError::ResetWithoutClosingHandshake) => {
+                    let _ = direct.send(Outgoing::Close(GatewayError::FrameViolation(e.to_string()))).await;
+                    return Ending::Dropped;
+                }
+                Some(Err(WsError::Utf8(_))) => {
+                    let _ = direct.send(Outgoing::Close(GatewayError::InvalidUtf8)).await;
                     return Ending::Dropped;
                 }
                 Some(Err(e)) => {
