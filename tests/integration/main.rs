@@ -7,6 +7,7 @@ mod backend_failure;
 mod cli;
 mod concurrency;
 mod errors;
+mod hostile;
 mod legacy_sse;
 mod lifecycle;
 mod metrics;
