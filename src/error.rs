@@ -62,6 +62,11 @@ pub enum GatewayError {
     MessageTooLarge(usize),
     #[error("Policy Violation: the client took no message for websocket.stall_timeout")]
     SlowReader,
+    /// A frame RFC 6455 forbids (unmasked, a stray continuation, a reserved opcode or bit …).
+    #[error("Protocol Error: {0}")]
+    FrameViolation(String),
+    #[error("Invalid Frame Payload Data: a text message must be UTF-8")]
+    InvalidUtf8,
     #[error("Not Found: no route at this path")]
     NoRoute,
     #[error("Conflict: this session already has an open GET stream")]
@@ -134,7 +139,7 @@ impl GatewayError {
             BackendStartFailed(_) => StatusCode::BAD_GATEWAY,
             SubprotocolRequired => StatusCode::BAD_REQUEST,
             // Faults of a WebSocket connection: they close it, they answer no HTTP request.
-            BinaryFrame | MessageTooLarge(_) | SlowReader => StatusCode::BAD_REQUEST,
+            BinaryFrame | MessageTooLarge(_) | SlowReader | FrameViolation(_) | InvalidUtf8 => StatusCode::BAD_REQUEST,
             StreamConflict => StatusCode::CONFLICT,
             ReplayGap(_) => StatusCode::GONE,
             BackendUnavailable(_)
@@ -169,7 +174,9 @@ impl GatewayError {
     /// The close code of a WebSocket connection that this failure ends.
     pub fn ws_close(&self) -> Option<u16> {
         match self {
+            GatewayError::FrameViolation(_) => Some(1002),
             GatewayError::BinaryFrame => Some(1003),
+            GatewayError::InvalidUtf8 => Some(1007),
             GatewayError::SlowReader => Some(1008),
             GatewayError::MessageTooLarge(_) => Some(1009),
             _ => None,
@@ -317,6 +324,8 @@ impl GatewayError {
             BinaryFrame,
             MessageTooLarge(4 * 1024 * 1024),
             SlowReader,
+            FrameViolation("Received an unmasked frame from client".into()),
+            InvalidUtf8,
             NoRoute,
             StreamConflict,
             UnknownEventId("9-1".into()),
@@ -372,6 +381,8 @@ impl GatewayError {
             BinaryFrame => "binary_frame",
             MessageTooLarge(_) => "message_too_large",
             SlowReader => "slow_reader",
+            FrameViolation(_) => "frame_violation",
+            InvalidUtf8 => "invalid_utf8",
             NoRoute => "no_route",
             StreamConflict => "stream_conflict",
             UnknownEventId(_) => "unknown_event_id",
@@ -439,7 +450,7 @@ mod tests {
     fn catalog_is_complete() {
         let names: std::collections::HashSet<_> = GatewayError::catalog().iter().map(|e| e.name()).collect();
         assert_eq!(names.len(), GatewayError::catalog().len());
-        assert_eq!(names.len(), 40, "add new variants to catalog()");
+        assert_eq!(names.len(), 42, "add new variants to catalog()");
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Metrics {
             websocket_closed: counter(
                 r,
                 "websocket_connections_closed_total",
-                "WebSocket connections closed, by who closed and the class of the gateway's close code: normal (1000), going_away (1001), client_error (1003, 1008, 1009), server_error (1011), client_closed (the client's close frame), dropped (no close frame).",
+                "WebSocket connections closed, by who closed and the class of the gateway's close code: normal (1000), going_away (1001), client_error (1002, 1003, 1007, 1008, 1009), server_error (1011), client_closed (the client's close frame), dropped (no close frame).",
                 &["route", "code"],
             ),
             sse_streams: gauge(r, "sse_streams", "Open SSE response streams, by kind (request, get, legacy).", &["route", "kind"]),

@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
@@ -52,9 +53,11 @@ const SEP_SESSION_FIELD: &str = "mcpSessionId";
 const SUBPROTOCOL: &str = "mcp";
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Whether a request asks to upgrade to WebSocket.
+/// Whether a request asks to upgrade to WebSocket (only HTTP/1.1 can: hyper upgrades nothing
+/// else).
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.method() == Method::GET
+        && req.version() == http::Version::HTTP_11
         && has_token(req.headers(), http::header::UPGRADE, "websocket")
         && has_token(req.headers(), http::header::CONNECTION, "upgrade")
 }
@@ -78,11 +81,18 @@ pub async fn accept(
 ) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers();
     if headers.get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
-        return Err(GatewayError::InvalidMessage("Sec-WebSocket-Version must be 13".into()));
+        // RFC 6455 §4.4: the refusal names the version the gateway speaks.
+        let err = GatewayError::InvalidMessage("Sec-WebSocket-Version must be 13".into());
+        let mut refusal = super::error_reply(&err, None);
+        refusal.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
+        return Ok(refusal);
     }
-    let key = headers
-        .get("sec-websocket-key")
-        .ok_or_else(|| GatewayError::InvalidMessage("Sec-WebSocket-Key is missing".into()))?;
+    let mut keys = headers.get_all("sec-websocket-key").iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) if is_key(key.as_bytes()) => key,
+        (None, _) => return Err(GatewayError::InvalidMessage("Sec-WebSocket-Key is missing".into())),
+        _ => return Err(GatewayError::InvalidMessage("Sec-WebSocket-Key must be one 16-byte value in base64".into())),
+    };
     let accept_key = derive_accept_key(key.as_bytes());
     let offered: Vec<String> = headers
         .get_all("sec-websocket-protocol")
@@ -138,6 +148,13 @@ pub async fn accept(
         h.insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
     }
     Ok(resp)
+}
+
+/// Whether a `Sec-WebSocket-Key` is 16 bytes in base64 (RFC 6455 §4.1): 22 base64 digits and
+/// `==`.
+fn is_key(key: &[u8]) -> bool {
+    let digit = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24 && key[..22].iter().all(digit) && key.ends_with(b"==")
 }
 
 /// Buffers sized on purpose: a small eager read buffer (idle connections are the common
@@ -341,6 +358,15 @@ impl Connection {
                 Some(Err(WsError::Capacity(_))) => {
                     let limit = self.app.served().config.websocket.max_message_bytes;
                     let _ = direct.send(Outgoing::Close(GatewayError::MessageTooLarge(limit))).await;
+                    return Ending::Dropped;
+                }
+                // The library refuses such frames but leaves failing the connection to us.
+                Some(Err(WsError::Protocol(e))) if !matches!(e, ProtocolError::ResetWithoutClosingHandshake) => {
+                    let _ = direct.send(Outgoing::Close(GatewayError::FrameViolation(e.to_string()))).await;
+                    return Ending::Dropped;
+                }
+                Some(Err(WsError::Utf8(_))) => {
+                    let _ = direct.send(Outgoing::Close(GatewayError::InvalidUtf8)).await;
                     return Ending::Dropped;
                 }
                 Some(Err(e)) => {
@@ -757,6 +783,15 @@ mod tests {
         assert_eq!(r["result"]["_meta"][EVENT_KEY], "1-5");
         let e = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"m"}}"#);
         assert_eq!(with_event_id(e.clone(), id), e);
+    }
+
+    #[test]
+    fn handshake_keys() {
+        assert!(is_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!is_key(b"AAAAAAAAAAA="));
+        assert!(!is_key(b"not base64 at all!!!!!!!"));
+        assert!(!is_key(b"dGhlIHNhbXBsZSBub25jZQ\x00="));
     }
 
     #[test]

@@ -55,8 +55,10 @@ pub mod code {
     pub const FORBIDDEN: i64 = -32009;
 }
 
-/// A JSON-RPC id (string or integer) kept as its exact JSON text, so `1` and `"1"` stay
-/// distinct and every id travels back to the client byte for byte as it came.
+/// A JSON-RPC id (string or integer) kept as JSON text, so `1` and `"1"` stay distinct. A
+/// string id written with escapes it does not need (`"\u0061"`, `"\/"`) is kept as serde_json
+/// writes it (`"a"`, `"/"`): backends decode ids and write them back their own way, and the
+/// answer must still find its request. Any other id keeps its exact text.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Id(Arc<str>);
 
@@ -64,14 +66,18 @@ impl Id {
     /// Parses raw JSON text as an id; `None` unless it is a string or an integer.
     pub fn from_raw(raw: &RawValue) -> Option<Id> {
         let text = raw.get().trim();
-        let ok = match text.as_bytes().first()? {
-            b'"' => serde_json::from_str::<&str>(text).is_ok() || serde_json::from_str::<String>(text).is_ok(),
-            b'-' | b'0'..=b'9' => {
-                serde_json::from_str::<i64>(text).is_ok() || serde_json::from_str::<u64>(text).is_ok()
+        match text.as_bytes().first()? {
+            // Without a backslash, valid JSON string text is already in that one form.
+            b'"' if !text.contains('\\') => Some(Id(Arc::from(text))),
+            b'"' => {
+                let s = serde_json::from_str::<String>(text).ok()?;
+                Some(Id(Arc::from(serde_json::to_string(&s).ok()?)))
             }
-            _ => false,
-        };
-        ok.then(|| Id(Arc::from(text)))
+            b'-' | b'0'..=b'9' => (serde_json::from_str::<i64>(text).is_ok()
+                || serde_json::from_str::<u64>(text).is_ok())
+            .then(|| Id(Arc::from(text))),
+            _ => None,
+        }
     }
 
     /// An id the gateway makes itself (numbers only).
@@ -188,6 +194,42 @@ struct Meta<'a> {
     progress_token: Option<&'a RawValue>,
 }
 
+/// The deepest nesting of arrays and objects a client message may have: the most serde_json
+/// parses (its recursion limit), so a backend built on it can read whatever the gateway passes.
+pub const MAX_DEPTH: usize = 127;
+
+/// Whether valid JSON text nests arrays and objects deeper than [`MAX_DEPTH`]. Iterative, so
+/// any depth is safe to check; a quick count skips the scan for the usual shallow message.
+fn too_deep(json: &[u8]) -> bool {
+    if json.iter().filter(|b| matches!(b, b'[' | b'{')).count() <= MAX_DEPTH {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A request body: one message or a batch.
 #[derive(Debug)]
 pub enum Body {
@@ -196,18 +238,28 @@ pub enum Body {
 }
 
 impl Body {
-    /// Parses a POST body. Arrays become batches; an empty array is invalid.
+    /// Parses what a client sent (a POST body, a WebSocket text message). Arrays become
+    /// batches; an empty array is invalid. A message nested deeper than [`MAX_DEPTH`] is
+    /// refused as a parse error: the gateway itself reads only the envelope, but a backend
+    /// that parses with serde_json could not read it.
     pub fn parse(bytes: &Bytes) -> Result<Body, ParseError> {
+        let one = |raw: &RawValue| {
+            if too_deep(raw.get().as_bytes()) {
+                return Err(ParseError::Json(format!("nested deeper than {MAX_DEPTH} levels")));
+            }
+            Message::from_raw(bytes, raw)
+        };
+        let json = |e: serde_json::Error| ParseError::Json(e.to_string());
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
-            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(json)?;
             if items.is_empty() {
                 return Err(ParseError::Invalid("empty batch"));
             }
-            let msgs = items.into_iter().map(|raw| Message::from_raw(bytes, raw)).collect::<Result<_, _>>()?;
+            let msgs = items.into_iter().map(one).collect::<Result<_, _>>()?;
             Ok(Body::Batch(msgs))
         } else {
-            Message::parse(bytes).map(Body::Single)
+            one(serde_json::from_slice(bytes).map_err(json)?).map(Body::Single)
         }
     }
 
@@ -227,8 +279,14 @@ impl Message {
     }
 
     fn from_raw(source: &Bytes, raw: &RawValue) -> Result<Message, ParseError> {
+        // Checked first: serde would also read the envelope from an array (`["2.0",1,"ping"]`).
+        if !raw.get().starts_with('{') {
+            return Err(ParseError::Invalid("a message must be a JSON object"));
+        }
+        // Of an object, serde refuses only a repeated member (`"id"` twice, or once escaped):
+        // the gateway and the backend could each read a different one.
         let env: Envelope<'_> =
-            serde_json::from_str(raw.get()).map_err(|_| ParseError::Invalid("a message must be a JSON object"))?;
+            serde_json::from_str(raw.get()).map_err(|_| ParseError::Invalid("a member appears twice"))?;
         if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(ParseError::Invalid("\"jsonrpc\" must be \"2.0\""));
         }
@@ -245,6 +303,10 @@ impl Message {
                     .into_boxed_str(),
             ),
         };
+        // `null` is taken as absent: some clients send it for "no params".
+        if env.params.is_some_and(|p| !matches!(p.get().as_bytes().first(), Some(b'{' | b'[' | b'n'))) {
+            return Err(ParseError::Invalid("\"params\" must be an object or an array"));
+        }
         let kind = match (&method, &id, env.result, env.error) {
             (Some(_), Some(_), None, None) => Kind::Request,
             (Some(_), None, None, None) if env.id.is_none() => Kind::Notification,
@@ -441,6 +503,54 @@ mod tests {
         assert_eq!(parse(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).unwrap_err().code(), code::INVALID_REQUEST);
         assert_eq!(parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).unwrap_err().code(), code::INVALID_REQUEST);
         assert_eq!(parse("[1]").unwrap_err().code(), code::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn rejects_what_serde_would_read_loosely() {
+        let invalid = |s: &str| Body::parse(&Bytes::from(s.to_owned())).unwrap_err();
+        // An array would deserialize into the envelope's fields in order.
+        assert_eq!(invalid(r#"[["2.0",1,"ping"]]"#), ParseError::Invalid("a message must be a JSON object"));
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1,"\u0069d":2,"method":"x"}"#),
+            ParseError::Invalid("a member appears twice")
+        );
+        assert_eq!(
+            invalid(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"p"}"#),
+            ParseError::Invalid("\"params\" must be an object or an array")
+        );
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":null}"#).is_ok());
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#).is_ok());
+    }
+
+    #[test]
+    fn depth_limit_is_serde_jsons() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(serde_json::from_str::<serde_json::Value>(&nest(MAX_DEPTH)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nest(MAX_DEPTH + 1)).is_err());
+        assert!(!too_deep(nest(MAX_DEPTH).as_bytes()));
+        assert!(too_deep(nest(MAX_DEPTH + 1).as_bytes()));
+        assert!(too_deep(nest(1_000_000).as_bytes()));
+        // Brackets inside strings, escaped quotes included, do not count.
+        let quoted = format!(r#"{{"a":"\"{}"}}"#, "[{".repeat(MAX_DEPTH));
+        assert!(!too_deep(quoted.as_bytes()));
+        let wrapped = |n: usize| format!(r#"{{"jsonrpc":"2.0","method":"x","params":{{"p":{}}}}}"#, nest(n - 2));
+        assert!(Body::parse(&Bytes::from(wrapped(MAX_DEPTH))).is_ok());
+        let err = Body::parse(&Bytes::from(wrapped(MAX_DEPTH + 1))).unwrap_err();
+        assert_eq!(err.code(), code::PARSE_ERROR);
+        let batch = format!("[{}]", wrapped(MAX_DEPTH));
+        assert!(Body::parse(&Bytes::from(batch)).is_ok(), "the batch's own array does not count");
+    }
+
+    #[test]
+    fn string_ids_match_however_they_are_escaped() {
+        let id = |s: &str| parse(&format!(r#"{{"jsonrpc":"2.0","id":{s},"method":"x"}}"#)).unwrap().id.unwrap();
+        assert_eq!(id(r#""\u0061\/b""#), id(r#""a/b""#));
+        assert_eq!(id(r#""\u0061\/b""#).as_json(), r#""a/b""#);
+        assert_eq!(id(r#""caf\u00e9""#).as_json(), r#""café""#);
+        assert_eq!(id(r#""q\"\n""#).as_json(), r#""q\"\n""#);
+        assert_ne!(id("1"), id(r#""1""#));
+        assert_eq!(id("18446744073709551615").as_json(), "18446744073709551615");
+        assert!(parse(r#"{"jsonrpc":"2.0","id":"\ud800","method":"x"}"#).is_err());
     }
 
     #[test]

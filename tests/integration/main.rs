@@ -8,6 +8,7 @@ mod backend_failure;
 mod cli;
 mod concurrency;
 mod errors;
+mod hostile;
 mod legacy_sse;
 mod lifecycle;
 mod limits;

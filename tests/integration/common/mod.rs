@@ -6,6 +6,7 @@
 pub mod client;
 pub mod process;
 pub mod procs;
+pub mod raw;
 pub mod tls;
 pub mod upstream;
 pub mod ws;
