@@ -74,6 +74,11 @@ impl Ws {
         self.stream.send(Message::Text(v.to_string().into())).await.expect("the frame is sent");
     }
 
+    /// Sends a message, or says why it could not (the connection is gone).
+    pub async fn try_send(&mut self, v: &Value) -> Result<(), Error> {
+        self.stream.send(Message::Text(v.to_string().into())).await
+    }
+
     pub async fn send_raw(&mut self, m: Message) {
         self.stream.send(m).await.expect("the frame is sent");
     }
