@@ -438,3 +438,35 @@ async fn keys_from_a_jwks_url_are_fetched_and_rotated_without_a_restart() {
     assert!(rotated, "the new key is picked up without a restart");
     assert_eq!(gw.client().bearer(&ok(&old)).post(&init_body()).await.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_legacy_sse_session_is_bound_to_its_principal() {
+    let mut c = keyed_config();
+    c.routes[0].sse_path = Some("/sse".into());
+    c.routes[0].messages_path = Some("/messages".into());
+    let gw = TestGateway::start(c).await;
+    let base = gw.url.trim_end_matches("/mcp").to_owned();
+    assert_eq!(Client::new(&format!("{base}/sse")).get_stream(&[]).await.status, StatusCode::UNAUTHORIZED);
+    let mut events = Client::new(&format!("{base}/sse")).bearer(ALICE).get_stream(&[]).await.sse();
+    let endpoint = events.next().await.expect("the endpoint event");
+    assert_eq!(endpoint.event.as_deref(), Some("endpoint"));
+    let post_url = format!("{base}{}", endpoint.data);
+    let ping = init_body().to_string();
+    let headers = |key: &str| {
+        vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("authorization".to_string(), format!("Bearer {key}")),
+        ]
+    };
+    let send = |key: &'static str| {
+        let (url, body, h) = (post_url.clone(), ping.clone(), headers(key));
+        async move {
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Client::new(&url).raw(Method::POST, &h, body).await.status
+        }
+    };
+    assert_eq!(send(BOB).await, StatusCode::NOT_FOUND, "another principal cannot post into the session");
+    assert_eq!(send(ALICE).await, StatusCode::ACCEPTED, "the owner's initialize is taken");
+    let answer = events.next().await.expect("the answer on the stream").json();
+    assert!(answer["result"]["protocolVersion"].is_string(), "{answer}");
+}
