@@ -193,10 +193,11 @@ async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Res
     if !is_json(req.headers()) {
         return Err(GatewayError::UnsupportedMediaType);
     }
-    let headers = req.headers().clone();
-    let body = parse_body(&read_body(app, req).await?)?;
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let body = parse_body(&read_body(app, headers, body).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
-    let msgs = super::streamable_http::with_trace_context(&headers, body.into_messages());
+    let msgs = super::streamable_http::with_trace_context(headers, body.into_messages());
     if let Err(e) = super::admit(app, &caller, &msgs) {
         if let Some(reason) = e.rejection() {
             app.metrics.rejections.with_label_values(&[reason]).inc();

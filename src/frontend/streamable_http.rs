@@ -102,10 +102,10 @@ pub(super) fn parse_body(bytes: &Bytes) -> Result<RpcBody, GatewayError> {
     })
 }
 
-pub(super) async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, GatewayError> {
+pub(super) async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, GatewayError> {
     let limit = app.served().config.server.max_body_bytes;
     let too_large = GatewayError::BodyTooLarge(limit);
-    let declared = header(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
+    let declared = header(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large);
     }
@@ -115,7 +115,7 @@ pub(super) async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes
     let server = &app.served().config.server;
     let (grace, rate) = (server.body_read_timeout, server.min_body_rate.max(1) as f64);
     let started = tokio::time::Instant::now();
-    let mut body = Limited::new(req.into_body(), limit);
+    let mut body = Limited::new(body, limit);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut received = 0usize;
     loop {
@@ -150,22 +150,23 @@ async fn post(
     caller: &Caller,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    let headers = req.headers().clone();
-    if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    if !(accepts(headers, "application/json") && accepts(headers, "text/event-stream")) {
         return Err(GatewayError::NotAcceptable("Accept must list application/json and text/event-stream"));
     }
-    if !is_json(&headers) {
+    if !is_json(headers) {
         return Err(GatewayError::UnsupportedMediaType);
     }
-    let body = parse_body(&read_body(app, req).await?)?;
+    let body = parse_body(&read_body(app, headers, body).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
-    let msgs = with_trace_context(&headers, body.into_messages());
+    let msgs = with_trace_context(headers, body.into_messages());
     let span = tracing::Span::current();
     span.record("jsonrpc.method", msgs[0].method().unwrap_or("(response)"));
-    if let Some(id) = header(&headers, SESSION_HEADER) {
+    if let Some(id) = header(headers, SESSION_HEADER) {
         span.record("session.id", id);
     }
-    if protocol::classify(header(&headers, VERSION_HEADER), &msgs[0]) == Era::Stateless {
+    if protocol::classify(header(headers, VERSION_HEADER), &msgs[0]) == Era::Stateless {
         return Err(GatewayError::StatelessRequest);
     }
     let is_init = |m: &Message| m.method() == Some("initialize");
@@ -181,7 +182,7 @@ async fn post(
         super::admit(app, caller, std::slice::from_ref(&msg))?;
         return initialize(app, route, backend, caller, msg).await;
     }
-    let session = session(app, route, caller, &headers)?;
+    let session = session(app, route, caller, headers)?;
     // Inside a session a refusal is a JSON-RPC error for each request (SDKs drop a session on
     // most HTTP errors).
     if let Err(e) = super::admit(app, caller, &msgs) {

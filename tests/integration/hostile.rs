@@ -699,7 +699,11 @@ async fn a_fragmented_message_with_pings_between_its_fragments_is_answered() {
 
 #[tokio::test]
 async fn a_thousand_pipelined_messages_are_all_answered() {
-    let gw = TestGateway::default().await;
+    // Room for every request at once: this is about nothing being lost, not about the limit
+    // (sessions.max_in_flight has its own test).
+    let mut config = crate::common::default_config();
+    config.sessions.max_in_flight = 1000;
+    let gw = TestGateway::start(config).await;
     let w = Witness::new(&gw).await;
     let mut ws = raw::ws(gw.addr).await;
     let mut pipeline = raw::text(INIT.as_bytes());
