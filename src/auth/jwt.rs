@@ -24,6 +24,10 @@ use crate::config::JwtConfig;
 pub const REFETCH_AFTER: Duration = Duration::from_secs(30);
 /// Longest wait for a JWKS URL.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a verified token is taken without checking it again (it also expires with `exp`).
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Verified tokens remembered at most; beyond, the expired ones go, then all.
+const VERIFIED_MAX: usize = 10_000;
 /// Largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -48,6 +52,9 @@ struct Shared {
 
 pub struct JwtVerifier {
     shared: Arc<Shared>,
+    /// Tokens that verified, by their SHA-256, with when to check them again: a client sends
+    /// its token with every request, and a signature check costs far more than a hash.
+    verified: dashmap::DashMap<[u8; 32], (Principal, std::time::Instant)>,
     issuer: String,
     audiences: Vec<String>,
     leeway: Duration,
@@ -177,6 +184,7 @@ impl JwtVerifier {
         };
         Ok(JwtVerifier {
             shared,
+            verified: dashmap::DashMap::new(),
             issuer: config.issuer.clone(),
             audiences,
             leeway: config.leeway,
@@ -188,6 +196,25 @@ impl JwtVerifier {
     /// The principal of a valid token, or why it is not valid (safe to show the client: it
     /// never quotes the token).
     pub async fn verify(&self, token: &str) -> Result<Principal, String> {
+        let digest = super::keys::sha256(token.as_bytes());
+        let now = std::time::Instant::now();
+        if let Some(hit) = self.verified.get(&digest).filter(|e| e.1 > now) {
+            return Ok(hit.0.clone());
+        }
+        let (principal, exp) = self.check(token).await?;
+        let left = exp.saturating_sub(std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default().as_secs());
+        if self.verified.len() >= VERIFIED_MAX {
+            self.verified.retain(|_, e| e.1 > now);
+            if self.verified.len() >= VERIFIED_MAX {
+                self.verified.clear();
+            }
+        }
+        self.verified.insert(digest, (principal.clone(), now + VERIFIED_FOR.min(Duration::from_secs(left))));
+        Ok(principal)
+    }
+
+    /// Checks a token in full; its principal and `exp`.
+    async fn check(&self, token: &str) -> Result<(Principal, u64), String> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "the token is not a JWT".to_string())?;
         if !self.algorithms.contains(&header.alg) {
             return Err(format!("the token's algorithm {:?} is not accepted", header.alg));
@@ -207,7 +234,10 @@ impl JwtVerifier {
         let mut why = "no key of the JWKS matches the token".to_string();
         for key in candidates {
             match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
-                Ok(data) => return self.principal(&data.claims),
+                Ok(data) => {
+                    let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                    return self.principal(&data.claims).map(|p| (p, exp));
+                }
                 Err(e) => {
                     why = reason(e.kind());
                     if !matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) {

@@ -13,7 +13,7 @@ pub struct ApiKeys {
     entries: Vec<([u8; 32], Principal)>,
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(super) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, bytes).as_ref());
     out
