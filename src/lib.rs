@@ -36,6 +36,14 @@ pub mod server;
 pub mod session;
 pub mod tls;
 
+/// What the fuzz targets in `fuzz/` call besides the public modules: the ways a client names
+/// its session. Not an API; it may change at any time.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::frontend::legacy_sse::{encode as legacy_encode, session_param as legacy_session_param};
+    pub use crate::frontend::websocket::{percent_decode, Named, Query};
+}
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -102,6 +102,11 @@ impl Decoder {
                 break;
             };
             self.scanned = 0;
+            // A line is held whole however it arrives: refuse a long one here as well as
+            // unfinished (below), so whether a stream passes does not depend on its chunks.
+            if end > self.max {
+                return Err(TooLong(self.max));
+            }
             self.after_cr = self.buf[end] == b'\r';
             let line = self.buf.split_to(end + 1);
             let line = String::from_utf8_lossy(&line[..end]).into_owned();
@@ -219,5 +224,14 @@ mod tests {
         assert_eq!(d.feed(&[b'a'; 17]), Err(TooLong(16)));
         let mut d = Decoder::new(16);
         assert_eq!(d.feed(b"data: 0123456789\ndata: 0123456789\n"), Err(TooLong(16)));
+    }
+
+    #[test]
+    fn a_long_line_is_refused_in_one_chunk_as_in_many() {
+        let stream = b": a comment of more than sixteen bytes\n\ndata: x\n\n";
+        assert_eq!(Decoder::new(16).feed(stream), Err(TooLong(16)));
+        let mut d = Decoder::new(16);
+        let split: Result<Vec<_>, _> = stream.chunks(4).map(|c| d.feed(c)).collect();
+        assert_eq!(split, Err(TooLong(16)));
     }
 }

@@ -12,13 +12,14 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{text}` is not a duration (use e.g. \"500ms\", \"30s\", \"10m\", \"1h\")"))?;
-    let ms = match unit.trim() {
-        "ms" => n,
-        "s" => n * 1_000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
+    let per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => return Err(format!("`{text}` has no unit (use ms, s, m or h)")),
     };
+    let ms = n.checked_mul(per_unit).ok_or_else(|| format!("`{text}` is too long a duration"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -54,5 +55,13 @@ mod tests {
         assert!(parse("30").is_err());
         assert!(parse("s").is_err());
         assert!(parse("3d").is_err());
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit_in_milliseconds() {
+        assert_eq!(parse("18446744073709551615ms").unwrap().as_millis(), u128::from(u64::MAX));
+        assert!(parse("5124095576030432h").unwrap_err().contains("too long"));
+        assert!(parse("2049638230412172396m").is_err());
+        assert!(parse("18446744073709552s").is_err());
     }
 }

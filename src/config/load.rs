@@ -15,6 +15,8 @@ pub enum Source {
     File(PathBuf),
     /// The shipped default (the embedded `gateway.toml`).
     BuiltIn,
+    /// TOML text given directly, no file read (the same keys as a file).
+    Text(String),
     /// Quick mode: one stdio command served at `/mcp` (from a pool of this many children when
     /// given), no file read.
     QuickStdio { command: String, pool: Option<usize> },
@@ -83,6 +85,7 @@ fn origin(source: &Source) -> String {
     match source {
         Source::File(p) => p.display().to_string(),
         Source::BuiltIn => "built-in gateway.toml".into(),
+        Source::Text(_) => "TOML text".into(),
         Source::QuickStdio { .. } | Source::QuickUpstream { .. } => "quick mode".into(),
     }
 }
@@ -92,6 +95,7 @@ pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, LoadError>
     let base = match source {
         Source::File(path) => Figment::from(Toml::file_exact(path)),
         Source::BuiltIn => Figment::from(Toml::string(DEFAULT_TOML)),
+        Source::Text(text) => Figment::from(Toml::string(text)),
         Source::QuickStdio { command, pool } => Figment::from(Serialized::defaults(quick(command, *pool)?)),
         Source::QuickUpstream { url, kind } => Figment::from(Serialized::defaults(quick_upstream(url, *kind))),
     };

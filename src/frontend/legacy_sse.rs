@@ -227,7 +227,7 @@ async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Res
 }
 
 /// The session a POST names: `sessionId` (TypeScript SDK) or `session_id` (Python SDK).
-fn session_param(query: &str) -> Option<String> {
+pub fn session_param(query: &str) -> Option<String> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -249,7 +249,7 @@ fn find(app: &App, id: &str, route: &str, caller: &Caller) -> Result<Arc<EventSt
 }
 
 /// Percent-encodes a session id for a query value (ids are visible ASCII).
-fn encode(id: &str) -> String {
+pub fn encode(id: &str) -> String {
     id.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),

@@ -170,13 +170,13 @@ fn socket_config(app: &App) -> WebSocketConfig {
 
 /// `?session=…&lastEventId=…` of the upgrade URL.
 #[derive(Default)]
-struct Query {
-    session: Option<String>,
-    last_event_id: Option<String>,
+pub struct Query {
+    pub session: Option<String>,
+    pub last_event_id: Option<String>,
 }
 
 impl Query {
-    fn parse(query: &str) -> Query {
+    pub fn parse(query: &str) -> Query {
         let mut q = Query::default();
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -190,7 +190,7 @@ impl Query {
     }
 }
 
-pub(super) fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -505,18 +505,18 @@ impl Connection {
 
 /// The gateway-only fields a client message may carry, taken out before the message goes on.
 #[derive(Default)]
-struct Named {
+pub struct Named {
     /// A session named for resumption.
-    session: Option<String>,
-    last_event_id: Option<String>,
-    opted_in: bool,
-    top_level: bool,
+    pub session: Option<String>,
+    pub last_event_id: Option<String>,
+    pub opted_in: bool,
+    pub top_level: bool,
 }
 
 impl Named {
     /// Strips `mcpSessionId` and the `mcp-edge/` `_meta` keys; returns the rewritten message
     /// when there was anything to strip.
-    fn take_from(&mut self, m: &Message) -> Option<Message> {
+    pub fn take_from(&mut self, m: &Message) -> Option<Message> {
         let raw = &m.raw[..];
         let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
         if !has(SEP_SESSION_FIELD.as_bytes()) && !has(b"mcp-edge/") {

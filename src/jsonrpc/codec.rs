@@ -47,7 +47,8 @@ impl Decoder for LineCodec {
             }
             return Ok(Some(line.freeze()));
         }
-        if buf.len() > self.max {
+        // A trailing `\r` may be the start of the line's `\r\n`: it does not count yet.
+        if buf.len() - usize::from(buf.last() == Some(&b'\r')) > self.max {
             return Err(LineError::TooLong(self.max));
         }
         self.scanned = buf.len();
@@ -69,5 +70,16 @@ mod tests {
         assert_eq!(&c.decode(&mut b).unwrap().unwrap()[..], b"def");
         b.extend_from_slice(b"0123456789");
         assert!(matches!(c.decode(&mut b), Err(LineError::TooLong(8))));
+    }
+
+    #[test]
+    fn a_crlf_split_across_reads_is_not_counted_against_the_bound() {
+        let mut c = LineCodec::new(4);
+        let mut b = BytesMut::from(&b"abcd\r"[..]);
+        assert!(c.decode(&mut b).unwrap().is_none(), "a line of 4 bytes and the \\r of its \\r\\n");
+        b.extend_from_slice(b"\n");
+        assert_eq!(&c.decode(&mut b).unwrap().unwrap()[..], b"abcd");
+        b.extend_from_slice(b"abcd\r\r");
+        assert!(matches!(c.decode(&mut b), Err(LineError::TooLong(4))), "only one \\r can end a line");
     }
 }

@@ -1,0 +1,80 @@
+//! The upstream `text/event-stream` decoder, fed whole and in chunks.
+//!
+//! Input: two bytes of bound, one byte of chunking seed, then the stream. Feeding the stream
+//! in one piece and cut into reads gives the same events, the same last event id and retry
+//! delay, and refuses (too long) in both cases or in neither. No event's data is over the
+//! bound.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mcp_edge::backend::event_stream::{Decoder, SseEvent, TooLong};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 3 {
+        return;
+    }
+    let max = usize::from(u16::from_le_bytes([data[0], data[1]]) % 512);
+    let seed = data[2];
+    let stream = &data[3..];
+
+    let mut whole = Decoder::new(max);
+    let whole_events = whole.feed(stream);
+
+    let mut split = Decoder::new(max);
+    let mut split_events = Vec::new();
+    let mut split_result = Ok(());
+    for chunk in chunks(stream, seed) {
+        match split.feed(chunk) {
+            Ok(events) => split_events.extend(events),
+            Err(e) => {
+                split_result = Err(e);
+                break;
+            }
+        }
+    }
+
+    match (&whole_events, &split_result) {
+        (Ok(events), Ok(())) => {
+            assert_eq!(events, &split_events, "split feeding changed the events");
+            assert_eq!(whole.last_id, split.last_id);
+            assert_eq!(whole.retry, split.retry);
+            check(events, max);
+        }
+        (Err(TooLong(a)), Err(TooLong(b))) => assert_eq!((*a, *b), (max, max)),
+        _ => panic!("whole: {whole_events:?}, split: {split_result:?} (bound {max})"),
+    }
+
+    // After a reset (a new body after a broken one) the decoder reads a stream afresh, keeping
+    // only the last event id and the retry delay.
+    let (last_id, retry) = (split.last_id.clone(), split.retry);
+    split.reset();
+    assert_eq!((&split.last_id, split.retry), (&last_id, retry));
+    let mut fresh = Decoder::new(max);
+    fresh.last_id = last_id;
+    fresh.retry = retry;
+    assert_eq!(split.feed(stream), fresh.feed(stream), "reset left state behind");
+});
+
+fn check(events: &[SseEvent], max: usize) {
+    for e in events {
+        assert!(e.data.len() <= max, "an event of {} bytes passed the bound {max}", e.data.len());
+        assert!(e.event.as_deref() != Some(""), "an empty event type is the default type");
+        assert!(!e.id.as_deref().is_some_and(|id| id.is_empty() || id.contains('\0')), "bad event id {:?}", e.id);
+    }
+}
+
+/// Cuts the stream into reads of 1 to 64 bytes, sizes drawn from a small generator seeded by
+/// the input.
+fn chunks(stream: &[u8], seed: u8) -> Vec<&[u8]> {
+    let mut state = u32::from(seed) | 0x100;
+    let mut out = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let n = 1 + (state >> 16) as usize % 64;
+        let (a, b) = rest.split_at(n.min(rest.len()));
+        out.push(a);
+        rest = b;
+    }
+    out
+}
