@@ -29,8 +29,7 @@ fuzz_target!(|data: &[u8]| {
 fn query(q: &str) {
     let parsed = Query::parse(q);
     // The last `session=` pair wins, decoded.
-    let last =
-        |key: &str| q.split('&').filter_map(|p| p.split_once('=').or(Some((p, "")))).filter(|(k, _)| *k == key).last();
+    let last = |key: &str| q.split('&').map(|p| p.split_once('=').unwrap_or((p, ""))).rev().find(|(k, _)| *k == key);
     assert_eq!(parsed.session, last("session").map(|(_, v)| percent_decode(v)));
     assert_eq!(parsed.last_event_id, last("lastEventId").map(|(_, v)| percent_decode(v)));
 
