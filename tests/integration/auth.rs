@@ -9,7 +9,7 @@ use mcp_edge::config::{AllowRule, ApiKeyConfig, ApiKeyEntry, AuthConfig, Config,
 use serde_json::{json, Value};
 
 use crate::common::ws::{refusal, try_connect, ws_url};
-use crate::common::{default_config, Client, TestGateway};
+use crate::common::{default_config, eventually_async, Client, TestGateway};
 
 const PUBLIC_URL: &str = "https://mcp.test/mcp";
 const METADATA_URL: &str = "https://mcp.test/.well-known/oauth-protected-resource/mcp";
@@ -414,28 +414,23 @@ async fn keys_from_a_jwks_url_are_fetched_and_rotated_without_a_restart() {
     let gw = TestGateway::start(jwt_config(None, Some(url), &[])).await;
     let ok = |s: &Signer| s.token(&claims("dave", ""));
     // The first fetch runs in the background at start.
-    let mut admitted = false;
-    for _ in 0..50 {
-        if gw.client().bearer(&ok(&old)).post(&init_body()).await.status == StatusCode::OK {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(admitted, "a token of the fetched key is accepted");
+    let accepted = |s: &Signer| {
+        let token = ok(s);
+        let client = gw.client().bearer(&token);
+        async move { client.post(&init_body()).await.status == StatusCode::OK }
+    };
+    assert!(
+        eventually_async(Duration::from_secs(5), || accepted(&old)).await,
+        "a token of the fetched key is accepted"
+    );
     assert!(fetches.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert_eq!(gw.client().bearer(&ok(&new)).post(&init_body()).await.status, StatusCode::UNAUTHORIZED);
     // The issuer rotates: the new key appears, the old one goes.
     *doc.lock().unwrap() = json!({"keys": [new.jwk]}).to_string();
-    let mut rotated = false;
-    for _ in 0..50 {
-        if gw.client().bearer(&ok(&new)).post(&init_body()).await.status == StatusCode::OK {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(rotated, "the new key is picked up without a restart");
+    assert!(
+        eventually_async(Duration::from_secs(5), || accepted(&new)).await,
+        "the new key is picked up without a restart"
+    );
     assert_eq!(gw.client().bearer(&ok(&old)).post(&init_body()).await.status, StatusCode::UNAUTHORIZED);
 }
 

@@ -195,14 +195,9 @@ async fn max_sessions_gives_503_with_retry_after_and_frees_on_delete() {
 
 /// Whether `initialize` succeeds again within 2 s (a freed slot is freed asynchronously).
 async fn initializes_within_two_seconds(c: &Client) -> bool {
-    for _ in 0..100 {
-        let r = c.raw(Method::POST, &[("accept", ACCEPT_BOTH), ("content-type", "application/json")], INIT).await;
-        if r.status == StatusCode::OK {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    false
+    let headers = [("accept", ACCEPT_BOTH), ("content-type", "application/json")];
+    let initializes = || async { c.raw(Method::POST, &headers, INIT).await.status == StatusCode::OK };
+    crate::common::eventually_async(std::time::Duration::from_secs(2), initializes).await
 }
 
 #[tokio::test]

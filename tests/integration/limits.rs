@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{alice, bob, keyed_config};
-use crate::common::{default_config, TestGateway};
+use crate::common::{default_config, eventually_async, TestGateway};
 
 fn call(id: u64) -> serde_json::Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "x"}}})
@@ -73,17 +73,10 @@ async fn a_principal_over_its_session_cap_gets_429() {
     bob(&gw).initialize("2025-06-18").await;
     // A session ended gives its place back.
     assert_eq!(two.delete().await.status, StatusCode::OK);
-    let mut three = alice(&gw);
-    let mut admitted = false;
-    for _ in 0..50 {
-        if three.post(&init).await.status == StatusCode::OK {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(admitted, "the deleted session's place is free again");
-    three.session = None;
+    let three = alice(&gw);
+    let admitted =
+        eventually_async(Duration::from_secs(3), || async { three.post(&init).await.status == StatusCode::OK });
+    assert!(admitted.await, "the deleted session's place is free again");
 }
 
 #[tokio::test]
@@ -121,15 +114,9 @@ async fn get_streams_over_max_streams_get_429() {
     assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(over.headers.contains_key("retry-after"));
     drop(held);
-    let mut reopened = false;
-    for _ in 0..50 {
-        if client.get_stream(&[]).await.status == StatusCode::OK {
-            reopened = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reopened, "a closed stream frees its place");
+    let reopened =
+        eventually_async(Duration::from_secs(3), || async { client.get_stream(&[]).await.status == StatusCode::OK });
+    assert!(reopened.await, "a closed stream frees its place");
 }
 
 /// Reads until the peer closes (Ok) or `within` passes (Err); returns what was read.

@@ -91,6 +91,25 @@ impl Drop for TestGateway {
     }
 }
 
+/// Polls an async `check` every 20 ms until it holds or `within` passes (for what the gateway
+/// frees or fetches in the background: a session's slot, a stream's place, keys).
+pub async fn eventually_async<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `check` every 20 ms until it holds or `within` passes.
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
