@@ -246,7 +246,8 @@ struct Shared {
 /// What the reader asks the writer to send.
 enum Outgoing {
     Text(Bytes),
-    Close(GatewayError),
+    /// Boxed: rare, and every connection's queue allocates room for 32 of these up front.
+    Close(Box<GatewayError>),
 }
 
 struct Connection {
@@ -350,23 +351,23 @@ impl Connection {
                     self.on_text(Bytes::from(text), direct).await
                 }
                 Some(Ok(WsMessage::Binary(_))) => {
-                    let _ = direct.send(Outgoing::Close(GatewayError::BinaryFrame)).await;
+                    let _ = direct.send(Outgoing::Close(Box::new(GatewayError::BinaryFrame))).await;
                     return Ending::Dropped;
                 }
                 Some(Ok(WsMessage::Close(_))) => return Ending::ClientClosed,
                 Some(Ok(_)) => {} // Pings are answered by the library; pongs only prove life.
                 Some(Err(WsError::Capacity(_))) => {
                     let limit = self.app.served().config.websocket.max_message_bytes;
-                    let _ = direct.send(Outgoing::Close(GatewayError::MessageTooLarge(limit))).await;
+                    let _ = direct.send(Outgoing::Close(Box::new(GatewayError::MessageTooLarge(limit)))).await;
                     return Ending::Dropped;
                 }
                 // The library refuses such frames but leaves failing the connection to us.
                 Some(Err(WsError::Protocol(e))) if !matches!(e, ProtocolError::ResetWithoutClosingHandshake) => {
-                    let _ = direct.send(Outgoing::Close(GatewayError::FrameViolation(e.to_string()))).await;
+                    let _ = direct.send(Outgoing::Close(Box::new(GatewayError::FrameViolation(e.to_string())))).await;
                     return Ending::Dropped;
                 }
                 Some(Err(WsError::Utf8(_))) => {
-                    let _ = direct.send(Outgoing::Close(GatewayError::InvalidUtf8)).await;
+                    let _ = direct.send(Outgoing::Close(Box::new(GatewayError::InvalidUtf8))).await;
                     return Ending::Dropped;
                 }
                 Some(Err(e)) => {

@@ -169,7 +169,7 @@ impl Actor {
                         let _ = reply.send(self.on_client(msgs, target));
                     }
                     Some(Command::Open { attach, sink, reply }) => {
-                        let _ = reply.send(self.on_open(attach, sink));
+                        let _ = reply.send(self.on_open(*attach, sink));
                     }
                     Some(Command::Away { stream }) => self.on_away(stream),
                     None => break EndReason::InitializeFailed,

@@ -214,7 +214,8 @@ enum Command {
     },
     /// A reader attaches to a stream.
     Open {
-        attach: Attach,
+        /// Boxed: every session's command queue allocates room for 32 commands up front.
+        attach: Box<Attach>,
         sink: Sink,
         reply: oneshot::Sender<Result<Opened, GatewayError>>,
     },
@@ -287,7 +288,7 @@ impl SessionHandle {
     /// Attaches a reader to a stream.
     pub async fn open(&self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        self.command(Command::Open { attach, sink, reply }).await?;
+        self.command(Command::Open { attach: Box::new(attach), sink, reply }).await?;
         rx.await.map_err(|_| gone())?
     }
 
