@@ -21,6 +21,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -243,4 +244,32 @@ export async function startEverything(backend, { startTimeoutMs = 15_000 } = {})
     }
     await new Promise((res) => setTimeout(res, 50));
   }
+}
+
+/** `promise`, or a rejection naming `what` after `ms` (the timer is always cleared). */
+export async function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A test that prints the log lines the gateway `getGw()` wrote during it when it fails. */
+export function logsOnFailure(getGw, name, fn, { timeout = 60_000 } = {}) {
+  test(name, { timeout }, async (t) => {
+    const gw = getGw();
+    const from = gw.logs.length;
+    try {
+      await fn(t);
+    } catch (err) {
+      const lines = gw.logs.slice(from);
+      console.error(`\n[${name}] failed; mcp-edge stderr during the test (${lines.length} lines):\n${lines.join('\n')}\n`);
+      throw err;
+    }
+  });
 }

@@ -4,7 +4,7 @@
 // Run: cd tests/e2e && node --test ts/*.test.mjs
 // Env: EDGE_TEST_BIN (gateway binary), E2E_ECHO_GATEWAY_LOGS=1 (copy gateway stderr live).
 
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -17,7 +17,7 @@ import {
   ResourceUpdatedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
 
-import { startGateway } from '../lib/gateway.mjs';
+import { logsOnFailure, startGateway, withTimeout } from '../lib/gateway.mjs';
 
 /** Bound for single requests; server-everything answers everything used here in ≤ 3 s. */
 const REQUEST_TIMEOUT_MS = 15_000;
@@ -41,32 +41,12 @@ after(async () => {
  * A test that prints the gateway's log lines written during it when it fails.
  */
 function gwTest(name, fn) {
-  test(name, { timeout: 60_000 }, async (t) => {
-    const from = gw.logs.length;
+  logsOnFailure(() => gw, name, async (t) => {
     clientErrors = [];
-    try {
-      await fn(t);
-      // Transport/protocol errors the SDK reported while the test ran (before its cleanup).
-      assert.deepEqual(clientErrors.flat().map(String), [], 'the SDK client reported errors');
-    } catch (err) {
-      const lines = gw.logs.slice(from);
-      console.error(`\n[${name}] failed; mcp-edge stderr during the test (${lines.length} lines):\n${lines.join('\n')}\n`);
-      throw err;
-    }
+    await fn(t);
+    // Transport/protocol errors the SDK reported while the test ran (before its cleanup).
+    assert.deepEqual(clientErrors.flat().map(String), [], 'the SDK client reported errors');
   });
-}
-
-/** `promise`, or a rejection naming `what` after `ms` (the timer is always cleared). */
-async function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Collects values and lets a test wait (bounded) for one that matches. */

@@ -6,7 +6,7 @@
 // Run: cd tests/e2e && node --test ts/legacy_sse.test.mjs
 // Env: EDGE_TEST_BIN (gateway binary), E2E_ECHO_GATEWAY_LOGS=1 (copy gateway stderr live).
 
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -15,7 +15,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 
-import { EVERYTHING_ENTRY, startGateway, tomlString, writeConfig } from '../lib/gateway.mjs';
+import { EVERYTHING_ENTRY, logsOnFailure, startGateway, tomlString, writeConfig } from '../lib/gateway.mjs';
 
 const CALL = { timeout: 15_000 };
 const SESSION_ID_RE = /^[!-~]+\.[0-9a-f]{32}$/;
@@ -48,16 +48,7 @@ after(async () => {
 
 /** A test that prints the gateway's log lines written during it when it fails. */
 function gwTest(name, fn) {
-  test(name, { timeout: 60_000 }, async (t) => {
-    const from = gw.logs.length;
-    try {
-      await fn(t);
-    } catch (err) {
-      const lines = gw.logs.slice(from);
-      console.error(`\n[${name}] failed; mcp-edge stderr during the test (${lines.length} lines):\n${lines.join('\n')}\n`);
-      throw err;
-    }
-  });
+  logsOnFailure(() => gw, name, fn);
 }
 
 /**

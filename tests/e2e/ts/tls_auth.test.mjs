@@ -11,7 +11,7 @@
 // Run: cd tests/e2e && node --experimental-websocket --test ts/tls_auth.test.mjs
 // Env: EDGE_TEST_BIN (gateway binary), E2E_ECHO_GATEWAY_LOGS=1 (copy gateway stderr live).
 
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import {
@@ -30,7 +30,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 
-import { E2E_DIR, freePort, startGateway, tomlString, writeConfig } from '../lib/gateway.mjs';
+import { E2E_DIR, freePort, logsOnFailure, startGateway, tomlString, withTimeout, writeConfig } from '../lib/gateway.mjs';
 import { roundTrip, wsTransportWithToken } from '../lib/sdk_client.mjs';
 
 if (typeof globalThis.WebSocket !== 'function') {
@@ -53,19 +53,6 @@ const EXAMPLE_TOOLS = ['echo'];
 
 // ---------------------------------------------------------------------------------------------
 // Shared pieces
-
-/** `promise`, or a rejection naming `what` after `ms` (the timer is always cleared). */
-async function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Runs the openssl CLI; fails with its stderr. */
 function openssl(args, cwd) {
@@ -157,17 +144,7 @@ async function stopGateway(gw) {
 
 /** A test that prints the gateway's log lines written during it when it fails. */
 function gwTest(getGw, name, fn) {
-  test(name, { timeout: 90_000 }, async (t) => {
-    const gw = getGw();
-    const from = gw.logs.length;
-    try {
-      await fn(t);
-    } catch (err) {
-      const lines = gw.logs.slice(from);
-      console.error(`\n[${name}] failed; mcp-edge stderr during the test (${lines.length} lines):\n${lines.join('\n')}\n`);
-      throw err;
-    }
-  });
+  logsOnFailure(getGw, name, fn, { timeout: 90_000 });
 }
 
 /**

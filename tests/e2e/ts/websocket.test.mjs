@@ -7,7 +7,7 @@
 //      (Node 20 has the global WebSocket only behind that flag; Node 22+ has it by default.)
 // Env: EDGE_TEST_BIN (gateway binary), E2E_ECHO_GATEWAY_LOGS=1 (copy gateway stderr live).
 
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
@@ -22,7 +22,7 @@ import {
   ResourceUpdatedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
 
-import { startGateway } from '../lib/gateway.mjs';
+import { logsOnFailure, startGateway, withTimeout } from '../lib/gateway.mjs';
 
 if (typeof globalThis.WebSocket !== 'function') {
   throw new Error(
@@ -55,32 +55,12 @@ after(async () => {
 
 /** A test that prints the gateway's log lines written during it when it fails. */
 function gwTest(name, fn) {
-  test(name, { timeout: 60_000 }, async (t) => {
-    const from = gw.logs.length;
+  logsOnFailure(() => gw, name, async (t) => {
     clientErrors = [];
-    try {
-      await fn(t);
-      // Transport/protocol errors the SDK reported while the test ran (before its cleanup).
-      assert.deepEqual(clientErrors.flat().map(String), [], 'the SDK client reported errors');
-    } catch (err) {
-      const lines = gw.logs.slice(from);
-      console.error(`\n[${name}] failed; mcp-edge stderr during the test (${lines.length} lines):\n${lines.join('\n')}\n`);
-      throw err;
-    }
+    await fn(t);
+    // Transport/protocol errors the SDK reported while the test ran (before its cleanup).
+    assert.deepEqual(clientErrors.flat().map(String), [], 'the SDK client reported errors');
   });
-}
-
-/** `promise`, or a rejection naming `what` after `ms` (the timer is always cleared). */
-async function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Collects values and lets a test wait (bounded) for one that matches. */
