@@ -6,8 +6,12 @@
 //! refuses.
 #![no_main]
 
+#[path = "shared/split.rs"]
+mod split;
+
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use split::chunks;
 use mcp_edge::jsonrpc::codec::{LineCodec, LineError};
 use tokio_util::codec::Decoder;
 
@@ -82,20 +86,4 @@ fn reference(stream: &[u8], max: usize) -> Expected {
     // An unterminated tail may still end in the `\r` of a `\r\n` yet to come.
     let tail = rest.len() - usize::from(rest.last() == Some(&b'\r'));
     Expected { lines, refused: tail > max }
-}
-
-/// Cuts the stream into reads of 1 to 64 bytes, sizes drawn from a small generator seeded by
-/// the input.
-fn chunks(stream: &[u8], seed: u8) -> Vec<&[u8]> {
-    let mut state = u32::from(seed) | 0x100;
-    let mut out = Vec::new();
-    let mut rest = stream;
-    while !rest.is_empty() {
-        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let n = if seed == 0 { rest.len() } else { 1 + (state >> 16) as usize % 64 };
-        let (a, b) = rest.split_at(n.min(rest.len()));
-        out.push(a);
-        rest = b;
-    }
-    out
 }

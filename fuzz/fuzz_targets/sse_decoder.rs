@@ -6,7 +6,11 @@
 //! bound.
 #![no_main]
 
+#[path = "shared/split.rs"]
+mod split;
+
 use libfuzzer_sys::fuzz_target;
+use split::chunks;
 use mcp_edge::backend::event_stream::{Decoder, SseEvent, TooLong};
 
 fuzz_target!(|data: &[u8]| {
@@ -23,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     let mut split = Decoder::new(max);
     let mut split_events = Vec::new();
     let mut split_result = Ok(());
-    for chunk in chunks(stream, seed) {
+    // Seed 0 would keep the stream whole: always cut it here.
+    for chunk in chunks(stream, seed.max(1)) {
         match split.feed(chunk) {
             Ok(events) => split_events.extend(events),
             Err(e) => {
@@ -61,20 +66,4 @@ fn check(events: &[SseEvent], max: usize) {
         assert!(e.event.as_deref() != Some(""), "an empty event type is the default type");
         assert!(!e.id.as_deref().is_some_and(|id| id.is_empty() || id.contains('\0')), "bad event id {:?}", e.id);
     }
-}
-
-/// Cuts the stream into reads of 1 to 64 bytes, sizes drawn from a small generator seeded by
-/// the input.
-fn chunks(stream: &[u8], seed: u8) -> Vec<&[u8]> {
-    let mut state = u32::from(seed) | 0x100;
-    let mut out = Vec::new();
-    let mut rest = stream;
-    while !rest.is_empty() {
-        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let n = 1 + (state >> 16) as usize % 64;
-        let (a, b) = rest.split_at(n.min(rest.len()));
-        out.push(a);
-        rest = b;
-    }
-    out
 }
