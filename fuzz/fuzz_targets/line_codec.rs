@@ -11,8 +11,8 @@ mod split;
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use split::chunks;
 use mcp_edge::jsonrpc::codec::{LineCodec, LineError};
+use split::chunks;
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,8 +10,8 @@
 mod split;
 
 use libfuzzer_sys::fuzz_target;
-use split::chunks;
 use mcp_edge::backend::event_stream::{Decoder, SseEvent, TooLong};
+use split::chunks;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
