@@ -212,6 +212,13 @@ pub struct BackendMetrics {
 }
 
 impl Metrics {
+    /// Counts a refusal under its reason (`rejections_total{reason}`), when the error is one.
+    pub fn count_refusal(&self, err: &crate::error::GatewayError) {
+        if let Some(reason) = err.rejection() {
+            self.rejections.with_label_values(&[reason]).inc();
+        }
+    }
+
     pub fn backend(&self, name: &str) -> BackendMetrics {
         let l = &[name];
         BackendMetrics {

@@ -199,9 +199,7 @@ async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Res
     let batch = matches!(body, RpcBody::Batch(_));
     let msgs = super::streamable_http::with_trace_context(headers, body.into_messages());
     if let Err(e) = super::admit(app, &caller, &msgs) {
-        if let Some(reason) = e.rejection() {
-            app.metrics.rejections.with_label_values(&[reason]).inc();
-        }
+        app.metrics.count_refusal(&e);
         let within = app.served().config.legacy_sse.stall_timeout;
         for id in msgs.iter().filter(|m| m.is_request()).filter_map(|m| m.id.as_ref()) {
             conn.answer_in_band(&e, Some(id), within).await;

@@ -415,9 +415,7 @@ impl Connection {
         let metrics = self.app.metrics.clone();
         let metrics = &metrics;
         let refuse = |err: GatewayError, id: Option<Id>| async move {
-            if let Some(reason) = err.rejection() {
-                metrics.rejections.with_label_values(&[reason]).inc();
-            }
+            metrics.count_refusal(&err);
             let _ = direct.send(Outgoing::Text(err.to_rpc(id.as_ref()))).await;
         };
         if let Err(e) = super::admit(&self.app, &self.caller, &msgs) {
