@@ -45,7 +45,7 @@ impl SseBackend {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(self.up.clone(), None, rx, events_tx, stop.clone()));
-        Connection { tx, events, stopper: Stopper::Tasks(vec![task.abort_handle()]) }
+        Connection { tx: tx.into(), events, stopper: Stopper::Tasks(vec![task.abort_handle()]) }
     }
 }
 

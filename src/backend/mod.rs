@@ -1,8 +1,8 @@
 //! Backends: what turns JSON-RPC messages into bytes for an MCP server and back.
 //!
 //! The set is closed, so it is an `enum`. A backend hands the session layer a [`Connection`]:
-//! a bounded sender of outgoing messages, a receiver of [`Event`]s, and a [`Stopper`] that
-//! ends the server politely and then surely. Must not know about sessions or frontends.
+//! an [`Outbox`] for outgoing messages, a receiver of [`Event`]s, and a [`Stopper`] that ends
+//! the server politely and then surely. Must not know about sessions or frontends.
 
 pub mod event_stream;
 pub mod guard;
@@ -42,10 +42,59 @@ pub struct Context {
     pub session_id: Arc<str>,
 }
 
+/// Where a session's messages for its server go, one JSON-RPC message each, without newline.
+#[derive(Clone)]
+pub enum Outbox {
+    /// A bounded queue read by the backend's own task (a child's stdin writer, an upstream
+    /// link).
+    Queue(mpsc::Sender<Bytes>),
+    /// A session of a stdio pool: each message is routed in the sender's own task, so a
+    /// session costs the pool no task and no queue of its own.
+    Pool(pool::Port),
+}
+
+/// The backend takes no more messages: it is gone, or the session's part in it ended.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Outbox {
+    /// Hands a message over, waiting for room.
+    pub async fn send(&self, msg: Bytes) -> Result<(), Gone> {
+        match self {
+            Outbox::Queue(tx) => tx.send(msg).await.map_err(|_| Gone),
+            Outbox::Pool(port) => port.send(msg).await,
+        }
+    }
+
+    /// Hands a message over without waiting; gives it back when a queue is full.
+    pub fn try_send(&self, msg: Bytes) -> Result<(), Refused> {
+        match self {
+            Outbox::Queue(tx) => tx.try_send(msg).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(msg) => Refused::Full(msg),
+                mpsc::error::TrySendError::Closed(_) => Refused::Gone,
+            }),
+            Outbox::Pool(port) => port.try_send(msg),
+        }
+    }
+}
+
+/// Why [`Outbox::try_send`] did not take a message.
+#[derive(Debug)]
+pub enum Refused {
+    Full(Bytes),
+    Gone,
+}
+
+impl From<mpsc::Sender<Bytes>> for Outbox {
+    fn from(tx: mpsc::Sender<Bytes>) -> Outbox {
+        Outbox::Queue(tx)
+    }
+}
+
 /// A live connection to one MCP server.
 pub struct Connection {
-    /// Messages towards the server, one JSON-RPC message each, without newline.
-    pub tx: mpsc::Sender<Bytes>,
+    /// Messages towards the server.
+    pub tx: Outbox,
     /// Messages and the final close from the server.
     pub events: mpsc::Receiver<Event>,
     pub stopper: Stopper,

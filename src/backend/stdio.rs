@@ -179,7 +179,7 @@ impl StdioBackend {
         });
 
         Ok(Connection {
-            tx,
+            tx: tx.into(),
             events,
             stopper: Stopper::Stdio(StdioStopper {
                 group: pid,

@@ -206,7 +206,7 @@ impl Default for WebSocketConfig {
             stall_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(20),
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
         }
     }
 }

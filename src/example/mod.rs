@@ -213,7 +213,7 @@ pub fn connect() -> crate::backend::Connection {
             }
         }
     });
-    Connection { tx, events, stopper: Stopper::Tasks(vec![read.abort_handle(), write.abort_handle()]) }
+    Connection { tx: tx.into(), events, stopper: Stopper::Tasks(vec![read.abort_handle(), write.abort_handle()]) }
 }
 
 /// Serves Streamable HTTP at `addr/mcp` in-process until `shutdown` resolves.

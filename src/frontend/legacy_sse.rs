@@ -286,7 +286,7 @@ impl Pump {
                 Some(Frame::Event { data, .. }) => self.outgoing(data),
                 Some(Frame::Message(data) | Frame::Ended { data, .. }) => data,
                 Some(Frame::End) => continue,
-                Some(Frame::Closed(_) | Frame::Replaced) | None => break Ending::Released,
+                Some(Frame::Closed(_) | Frame::Replaced | Frame::Stop(_)) | None => break Ending::Released,
             };
             match tokio::time::timeout(stall, out.send(Frame::Message(data))).await {
                 Ok(Ok(())) => {}

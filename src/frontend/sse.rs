@@ -116,7 +116,7 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
                     out.extend_from_slice(b"\n\n");
                     Bytes::from(out)
                 }
-                Some(Frame::End | Frame::Closed(_) | Frame::Replaced) | None => return None,
+                Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Stop(_)) | None => return None,
             },
             _ = st.keepalive.tick() => Bytes::from_static(KEEPALIVE),
             _ = sleep_until(close_at.unwrap_or_else(far_future)), if close_at.is_some() => {

@@ -307,7 +307,7 @@ async fn respond(
                 tracing::info!(reason = %reason.describe(), "A request's session ended under it.");
                 return json_response(reason.error().status(), data);
             }
-            Ok(Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_)) | None) => {
+            Ok(Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_) | Frame::Stop(_)) | None) => {
                 return sse_response(sse::body(prefix, None, opts, sse::Meter::new(&app.metrics, route, "request")))
             }
             Err(_) => {}
@@ -363,7 +363,12 @@ async fn initialize(
                 break;
             }
             Frame::Event { id, data, .. } => before.push(sse::event(id, &data)),
-            Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_) | Frame::Ended { .. } => break,
+            Frame::End
+            | Frame::Closed(_)
+            | Frame::Replaced
+            | Frame::Message(_)
+            | Frame::Ended { .. }
+            | Frame::Stop(_) => break,
         }
     }
     let Some((event_id, data)) = last else {

@@ -8,8 +8,9 @@
 //! own session's backend, never anyone else's.
 //!
 //! Each connection runs two tasks: the reader (client → session; it may wait on the backend's
-//! stdin queue) and the writer (session → client, pings, close). They never wait on each other,
-//! so a full stdin queue cannot deadlock against a full outbound queue.
+//! stdin queue) and the writer (session → client, pings, close). They share one outbound queue:
+//! the session's frames and the reader's own answers. The writer never waits on the reader, so
+//! a full stdin queue cannot deadlock against a full outbound queue.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,18 +244,13 @@ struct Shared {
     bound: bool,
 }
 
-/// What the reader asks the writer to send.
-enum Outgoing {
-    Text(Bytes),
-    /// Boxed: rare, and every connection's queue allocates room for 32 of these up front.
-    Close(Box<GatewayError>),
-}
-
 struct Connection {
     app: Arc<App>,
     route: String,
     backend: Backend,
-    /// The sending half of this connection's stream queue (handed to the session as a sink).
+    /// The sending half of this connection's one outbound queue: handed to the session as a
+    /// sink, and used by the reader for its own answers ([`Frame::Message`]) and to stop the
+    /// writer ([`Frame::Stop`]).
     frames_tx: mpsc::Sender<Frame>,
     /// The session this connection carries, and its stream.
     bound: Option<(SessionHandle, u64)>,
@@ -288,18 +284,22 @@ impl Connection {
     async fn run(mut self, socket: Socket, frames: mpsc::Receiver<Frame>) {
         let (sink, stream) = socket.split();
         let done = CancellationToken::new();
-        let (direct_tx, direct_rx) = mpsc::channel(16);
         let clock = Clock::new();
         let writer =
             Writer { app: self.app.clone(), shared: self.shared.clone(), clock: clock.clone(), done: done.clone() };
-        let writer = tokio::spawn(writer.run(sink, frames, direct_rx));
+        let writer = tokio::spawn(writer.run(sink, frames));
         let m = self.app.metrics.clone();
         m.websocket_opened.with_label_values(&[&self.route]).inc();
         let live = Live::new(m.websocket_connections.with_label_values(&[&self.route]));
-        let ending = self.read(stream, &direct_tx, &clock, &done).await;
-        drop(direct_tx);
-        // The writer sends what the reader asked for (a close frame) and then stops.
-        let sent = tokio::time::timeout(Duration::from_secs(2), writer).await.ok().and_then(Result::ok).flatten();
+        let out = self.frames_tx.clone();
+        let (ending, fault) = self.read(stream, &out, &clock, &done).await;
+        // The writer sends what is queued before the stop (the close frame for a fault), and
+        // then stops.
+        let stop = async {
+            let _ = out.send(Frame::Stop(fault)).await;
+            writer.await.ok().flatten()
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(2), stop).await.ok().flatten();
         done.cancel();
         let class = match (sent, &ending) {
             (Some(code), _) => close_class(Some(code)),
@@ -334,54 +334,47 @@ impl Connection {
     async fn read(
         &mut self,
         mut stream: SplitStream<Socket>,
-        direct: &mpsc::Sender<Outgoing>,
+        out: &mpsc::Sender<Frame>,
         clock: &Clock,
         done: &CancellationToken,
-    ) -> Ending {
+    ) -> (Ending, Option<Box<GatewayError>>) {
+        let fault = |err: GatewayError| (Ending::Dropped, Some(Box::new(err)));
         loop {
             // Cancel-safe: `next` on a WebSocket stream keeps partial frames in its buffer.
             let next = tokio::select! {
                 m = stream.next() => m,
-                _ = done.cancelled() => return Ending::Dropped,
+                _ = done.cancelled() => return (Ending::Dropped, None),
             };
             clock.touch();
             match next {
                 Some(Ok(WsMessage::Text(text))) => {
                     self.app.metrics.bytes_received.with_label_values(&["websocket"]).inc_by(text.len() as u64);
-                    self.on_text(Bytes::from(text), direct).await
+                    self.on_text(Bytes::from(text), out).await
                 }
-                Some(Ok(WsMessage::Binary(_))) => {
-                    let _ = direct.send(Outgoing::Close(Box::new(GatewayError::BinaryFrame))).await;
-                    return Ending::Dropped;
-                }
-                Some(Ok(WsMessage::Close(_))) => return Ending::ClientClosed,
+                Some(Ok(WsMessage::Binary(_))) => return fault(GatewayError::BinaryFrame),
+                Some(Ok(WsMessage::Close(_))) => return (Ending::ClientClosed, None),
                 Some(Ok(_)) => {} // Pings are answered by the library; pongs only prove life.
                 Some(Err(WsError::Capacity(_))) => {
                     let limit = self.app.served().config.websocket.max_message_bytes;
-                    let _ = direct.send(Outgoing::Close(Box::new(GatewayError::MessageTooLarge(limit)))).await;
-                    return Ending::Dropped;
+                    return fault(GatewayError::MessageTooLarge(limit));
                 }
                 // The library refuses such frames but leaves failing the connection to us.
                 Some(Err(WsError::Protocol(e))) if !matches!(e, ProtocolError::ResetWithoutClosingHandshake) => {
-                    let _ = direct.send(Outgoing::Close(Box::new(GatewayError::FrameViolation(e.to_string())))).await;
-                    return Ending::Dropped;
+                    return fault(GatewayError::FrameViolation(e.to_string()));
                 }
-                Some(Err(WsError::Utf8(_))) => {
-                    let _ = direct.send(Outgoing::Close(Box::new(GatewayError::InvalidUtf8))).await;
-                    return Ending::Dropped;
-                }
+                Some(Err(WsError::Utf8(_))) => return fault(GatewayError::InvalidUtf8),
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "A WebSocket connection broke.");
-                    return Ending::Dropped;
+                    return (Ending::Dropped, None);
                 }
-                None => return Ending::Dropped,
+                None => return (Ending::Dropped, None),
             }
         }
     }
 
-    async fn on_text(&mut self, bytes: Bytes, direct: &mpsc::Sender<Outgoing>) {
+    async fn on_text(&mut self, bytes: Bytes, out: &mpsc::Sender<Frame>) {
         let reply = |body: Bytes| async move {
-            let _ = direct.send(Outgoing::Text(body)).await;
+            let _ = out.send(Frame::Message(body)).await;
         };
         if std::mem::take(&mut self.shared().failed) {
             self.bound = None;
@@ -416,7 +409,7 @@ impl Connection {
         let metrics = &metrics;
         let refuse = |err: GatewayError, id: Option<Id>| async move {
             metrics.count_refusal(&err);
-            let _ = direct.send(Outgoing::Text(err.to_rpc(id.as_ref()))).await;
+            let _ = out.send(Frame::Message(err.to_rpc(id.as_ref()))).await;
         };
         if let Err(e) = super::admit(&self.app, &self.caller, &msgs) {
             // Every request gets its error, so a batch is not left waiting.
@@ -432,9 +425,11 @@ impl Connection {
                 (None, _, _) => Err(GatewayError::InvalidMessage("initialize must be a request".into())),
                 (_, true, _) => Err(GatewayError::BatchNotAllowed),
                 (_, _, Some(_)) => Err(GatewayError::InvalidMessage("this connection is already initialized".into())),
+                // Boxed: once per connection, and an idle connection's task would otherwise keep
+                // room for these futures (the backend's connect among them).
                 (Some(id), false, None) => match named.session {
-                    Some(sid) => self.resume(sid, named.last_event_id, id.clone()).await,
-                    None => self.initialize(first.clone(), id.clone()).await,
+                    Some(sid) => Box::pin(self.resume(sid, named.last_event_id, id.clone())).await,
+                    None => Box::pin(self.initialize(first.clone(), id.clone())).await,
                 },
             };
             if let Err(e) = result {
@@ -605,26 +600,14 @@ struct Writer {
 
 impl Writer {
     /// Writes until the connection ends; the close code it sent, if any.
-    async fn run(
-        self,
-        mut sink: SplitSink<Socket, WsMessage>,
-        mut frames: mpsc::Receiver<Frame>,
-        mut direct: mpsc::Receiver<Outgoing>,
-    ) -> Option<u16> {
+    async fn run(self, mut sink: SplitSink<Socket, WsMessage>, mut frames: mpsc::Receiver<Frame>) -> Option<u16> {
         let ws = &self.app.served().config.websocket;
         let shutdown = self.app.registry.shutdown_signal();
         let mut ping = interval_at(Instant::now() + ws.ping_interval, ws.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let close: Option<(u16, String)> = loop {
-            // Cancel-safe: channel receives, an interval tick and a token. Direct answers go
-            // first: a resuming client's InitializeResult precedes the replay queued after it.
+            // Cancel-safe: a channel receive, an interval tick and tokens.
             let out = tokio::select! {
-                biased;
-                d = direct.recv() => match d {
-                    Some(Outgoing::Text(b)) => text(b),
-                    Some(Outgoing::Close(err)) => break Some((err.ws_close().unwrap_or(1011), err.to_string())),
-                    None => break None,
-                },
                 f = frames.recv() => match f {
                     Some(Frame::Event { id, data, .. }) => text(self.outgoing(id, data)),
                     Some(Frame::Message(data) | Frame::Ended { data, .. }) => text(data),
@@ -637,6 +620,7 @@ impl Writer {
                         self.release();
                         break Some((1000, "replaced by a newer connection of this session".into()));
                     }
+                    Some(Frame::Stop(fault)) => break fault.map(|err| (err.ws_close().unwrap_or(1011), err.to_string())),
                     None => break None,
                 },
                 _ = ping.tick() => {

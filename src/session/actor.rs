@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::buffer::{EventId, ReplayBuffer};
 use super::{Attach, Command, Delivery, EndReason, Frame, InFlight, Opened, Sink, Target};
 use crate::auth::policy::Grants;
-use crate::backend::Event;
+use crate::backend::{Event, Outbox};
 use crate::config::SessionConfig;
 use crate::error::GatewayError;
 use crate::jsonrpc::{cancelled_notification, Id, Kind, Message};
@@ -101,7 +101,7 @@ struct Stalled {
 pub(super) struct Actor {
     config: SessionConfig,
     metrics: RouteMetrics,
-    backend: mpsc::Sender<Bytes>,
+    backend: Outbox,
     in_flight: Arc<InFlight>,
     pending: HashMap<Id, Pending>,
     /// Progress token → request id.
@@ -125,7 +125,7 @@ pub(super) struct Actor {
 impl Actor {
     pub(super) fn new(
         config: SessionConfig,
-        backend: mpsc::Sender<Bytes>,
+        backend: Outbox,
         in_flight: Arc<InFlight>,
         metrics: RouteMetrics,
         grants: Option<Arc<Grants>>,
@@ -164,12 +164,14 @@ impl Actor {
             // token; none loses a message when another branch wins.
             tokio::select! {
                 c = commands.recv() => match c {
-                    Some(Command::End(reason)) => break reason,
-                    Some(Command::Client { msgs, target, reply }) => {
+                    Some(Command::End(reason)) => break *reason,
+                    Some(Command::Client(c)) => {
+                        let (msgs, target, reply) = *c;
                         let _ = reply.send(self.on_client(msgs, target));
                     }
-                    Some(Command::Open { attach, sink, reply }) => {
-                        let _ = reply.send(self.on_open(*attach, sink));
+                    Some(Command::Open(c)) => {
+                        let (attach, sink, reply) = *c;
+                        let _ = reply.send(self.on_open(attach, sink));
                     }
                     Some(Command::Away { stream }) => self.on_away(stream),
                     None => break EndReason::InitializeFailed,
@@ -192,7 +194,9 @@ impl Actor {
                 break EndReason::ReplayOverflow;
             }
         };
-        self.finish(&reason).await;
+        // Boxed: once per session, and every live session's task would otherwise keep room
+        // for this future.
+        Box::pin(self.finish(&reason)).await;
         reason
     }
 

@@ -44,6 +44,10 @@ pub enum Frame {
     /// of a request that must be retried in a new session (the frontend shows the reason's
     /// HTTP status when it still can).
     Ended { data: Bytes, reason: EndReason },
+    /// Never from a session: a frontend's reader that shares the queue with its session tells
+    /// its writer to stop after what is queued — closing with the error's code when there is
+    /// one (a WebSocket connection).
+    Stop(Option<Box<GatewayError>>),
 }
 
 /// What a session does when a reader's queue is full.
@@ -205,34 +209,29 @@ pub struct Opened {
     pub resume_from: u64,
 }
 
+/// What a session is asked to do. Large parts are boxed: every session's command queue
+/// allocates room for 32 commands up front, and most sessions are idle.
 enum Command {
-    /// Client messages; requests among them are answered on `target`.
-    Client {
-        msgs: Vec<Message>,
-        target: Target,
-        reply: oneshot::Sender<Result<Opened, GatewayError>>,
-    },
+    /// Client messages; requests among them are answered on the target.
+    Client(Box<(Vec<Message>, Target, Reply)>),
     /// A reader attaches to a stream.
-    Open {
-        /// Boxed: every session's command queue allocates room for 32 commands up front.
-        attach: Box<Attach>,
-        sink: Sink,
-        reply: oneshot::Sender<Result<Opened, GatewayError>>,
-    },
+    Open(Box<(Attach, Sink, Reply)>),
     /// The WebSocket of `stream` dropped without a close frame: keep the session for
     /// `resume_grace`.
     Away {
         stream: u64,
     },
-    End(EndReason),
+    End(Box<EndReason>),
 }
+
+type Reply = oneshot::Sender<Result<Opened, GatewayError>>;
 
 struct Inner {
     id: Arc<str>,
     /// The route path the session was created on; the id means nothing on another route.
     route: Arc<str>,
     commands: mpsc::Sender<Command>,
-    backend: mpsc::Sender<Bytes>,
+    backend: backend::Outbox,
     /// The protocol version the backend answered `initialize` with.
     version: OnceLock<Box<str>>,
     /// The backend's `InitializeResult` (the `result` member), to answer a resuming client.
@@ -273,7 +272,7 @@ impl SessionHandle {
     /// `target`, cancellations are applied. The caller then sends them to the backend.
     pub async fn submit(&self, msgs: Vec<Message>, target: Target) -> Result<Opened, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        self.command(Command::Client { msgs, target, reply }).await?;
+        self.command(Command::Client(Box::new((msgs, target, reply)))).await?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -288,7 +287,7 @@ impl SessionHandle {
     /// Attaches a reader to a stream.
     pub async fn open(&self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        self.command(Command::Open { attach: Box::new(attach), sink, reply }).await?;
+        self.command(Command::Open(Box::new((attach, sink, reply)))).await?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -301,7 +300,7 @@ impl SessionHandle {
     /// Asks the session to end; returns at once.
     pub fn end(&self, reason: EndReason) {
         let tx = self.0.commands.clone();
-        tokio::spawn(async move { tx.send(Command::End(reason)).await });
+        tokio::spawn(async move { tx.send(Command::End(Box::new(reason))).await });
     }
 
     async fn command(&self, c: Command) -> Result<(), GatewayError> {
@@ -598,7 +597,8 @@ impl Registry {
                 registry.remember_end(ctx.session_id.clone(), &reason);
             }
             tracing::info!(parent: &span, reason = %reason.describe(), "The session ended.");
-            conn.stopper.stop().await;
+            // Boxed, as the end in `run`: an idle session's task keeps no room for its ending.
+            Box::pin(conn.stopper.stop()).await;
             drop(slot);
         });
         Ok(handle)

@@ -78,7 +78,7 @@ impl HttpBackend {
             span,
         });
         tasks.spawn(link.clone().run(rx));
-        Connection { tx, events, stopper: Stopper::Upstream(UpstreamStopper { link }) }
+        Connection { tx: tx.into(), events, stopper: Stopper::Upstream(UpstreamStopper { link }) }
     }
 }
 

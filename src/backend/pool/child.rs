@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Shared, Slot, HEALTHY_AFTER};
-use crate::backend::{Context, Event};
+use crate::backend::{Context, Event, Outbox};
 use crate::error::GatewayError;
 use crate::jsonrpc::rewrite::{with_id, with_param};
 use crate::jsonrpc::{code, error_response, Kind, Message};
@@ -74,11 +74,7 @@ pub(super) async fn run(shared: Arc<Shared>, slot: Arc<Slot>, self_exe: PathBuf)
 
 /// The gateway's own `initialize` (documented protocol version and client capabilities), then
 /// `notifications/initialized`; the `result` member of the answer.
-async fn initialize(
-    shared: &Shared,
-    tx: &mpsc::Sender<Bytes>,
-    events: &mut mpsc::Receiver<Event>,
-) -> Result<Bytes, String> {
+async fn initialize(shared: &Shared, tx: &Outbox, events: &mut mpsc::Receiver<Event>) -> Result<Bytes, String> {
     let init = serde_json::json!({"jsonrpc": "2.0", "id": "mcp-edge.initialize", "method": "initialize", "params": {
         "protocolVersion": shared.config.protocol_version,
         "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": true}},
@@ -109,7 +105,7 @@ async fn initialize(
 }
 
 /// A restarted child takes over the subscriptions its position held.
-async fn resubscribe(shared: &Shared, slot: &Slot, tx: &mpsc::Sender<Bytes>) {
+async fn resubscribe(shared: &Shared, slot: &Slot, tx: &Outbox) {
     let uris: Vec<String> = Shared::lock(&shared.subscriptions)
         .iter()
         .filter(|(_, (_, holder))| *holder == Some(slot.index))

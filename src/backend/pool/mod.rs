@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stdio::StdioBackend;
-use super::{Connection, Context, Event, Health};
+use super::{Connection, Context, Event, Health, Outbox, Refused};
 use crate::config::PoolConfig;
 use crate::jsonrpc::Id;
 use crate::metrics::BackendMetrics;
 
-pub use session::PoolStopper;
+pub use session::{PoolStopper, Port};
 
 /// A configured pool; children start with the first session.
 pub struct PoolBackend {
@@ -72,7 +72,7 @@ type Subscribers = (HashSet<u64>, Option<usize>);
 pub(crate) struct Slot {
     index: usize,
     /// Messages towards the live child; `None` while it (re)starts.
-    tx: Mutex<Option<mpsc::Sender<Bytes>>>,
+    tx: Mutex<Option<Outbox>>,
     in_flight: AtomicUsize,
     routes: Mutex<Routes>,
 }
@@ -314,12 +314,22 @@ impl Slot {
         }
     }
 
-    /// Sends to the child, waiting for room in its stdin queue; `false` when it is down.
-    async fn send_wait(&self, msg: Bytes) -> bool {
+    /// Sends to the child: at once when its stdin queue has room, else from a task that waits
+    /// for room, so no caller is held up and none can give up halfway. `down` runs when the
+    /// child is down (or goes down before there is room).
+    fn send_or_wait(&self, tasks: &TaskTracker, msg: Bytes, down: impl FnOnce() + Send + 'static) {
         let tx = Shared::lock(&self.tx).clone();
-        match tx {
-            Some(tx) => tx.send(msg).await.is_ok(),
-            None => false,
+        let Some(tx) = tx else { return down() };
+        match tx.try_send(msg) {
+            Ok(()) => {}
+            Err(Refused::Gone) => down(),
+            Err(Refused::Full(msg)) => {
+                tasks.spawn(async move {
+                    if tx.send(msg).await.is_err() {
+                        down();
+                    }
+                });
+            }
         }
     }
 

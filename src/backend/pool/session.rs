@@ -2,6 +2,11 @@
 //! the first subscription to a URI are answered by the pool itself; requests go to a child
 //! with room under a child-unique id (and progress token); cancellations and answers to the
 //! child's own requests are mapped back to the child that should get them.
+//!
+//! A session has no task here: its [`Port`] routes each message in the sender's task. What
+//! must wait — for a child with room, for room in a child's stdin queue — waits in a task of
+//! its own, so a sender that gives up halfway (a client gone mid-request) leaves no request
+//! half-registered.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Pending, SessionEntry, Shared, Slot};
-use crate::backend::{Connection, Context, Stopper};
+use crate::backend::{Connection, Context, Gone, Outbox, Refused, Stopper};
 use crate::error::GatewayError;
 use crate::jsonrpc::rewrite::{with_id, with_param};
 use crate::jsonrpc::{Id, Kind, Message};
@@ -19,7 +24,6 @@ use crate::jsonrpc::{Id, Kind, Message};
 /// Opens a session's connection to the pool.
 pub(super) fn open(shared: Arc<Shared>, _ctx: &Context) -> Connection {
     let key = shared.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(shared.stdio.stdin_queue());
     // One place more than the buffer: the reason a session that fell behind is ended.
     let (events_tx, events) = mpsc::channel(shared.config.session_buffer + 1);
     let entry = Arc::new(SessionEntry {
@@ -31,8 +35,48 @@ pub(super) fn open(shared: Arc<Shared>, _ctx: &Context) -> Connection {
         ended: CancellationToken::new(),
     });
     Shared::lock(&shared.sessions).insert(key, entry.clone());
-    shared.tasks.spawn(run(shared.clone(), entry, rx));
-    Connection { tx, events, stopper: Stopper::Pool(PoolStopper { shared, key }) }
+    let port = Port { shared: shared.clone(), entry };
+    Connection { tx: Outbox::Pool(port), events, stopper: Stopper::Pool(PoolStopper { shared, key }) }
+}
+
+/// A session's way into the pool.
+#[derive(Clone)]
+pub struct Port {
+    shared: Arc<Shared>,
+    entry: Arc<SessionEntry>,
+}
+
+impl Port {
+    /// Routes one message of the session. Waits only for the pool to be ready (`initialize`),
+    /// which changes nothing until it is over.
+    pub(crate) async fn send(&self, raw: Bytes) -> Result<(), Gone> {
+        if self.closed() {
+            return Err(Gone);
+        }
+        if let Ok(msg) = Message::parse(&raw) {
+            on_client(&self.shared, &self.entry, msg).await;
+        }
+        Ok(())
+    }
+
+    /// Routes one message without waiting: a cancellation at once, anything else in a task.
+    pub(crate) fn try_send(&self, raw: Bytes) -> Result<(), Refused> {
+        if self.closed() {
+            return Err(Refused::Gone);
+        }
+        let Ok(msg) = Message::parse(&raw) else { return Ok(()) };
+        if msg.method() == Some("notifications/cancelled") {
+            cancel(&self.shared, &self.entry, &msg);
+            return Ok(());
+        }
+        let port = self.clone();
+        self.shared.tasks.spawn(async move { on_client(&port.shared, &port.entry, msg).await });
+        Ok(())
+    }
+
+    fn closed(&self) -> bool {
+        self.entry.ended.is_cancelled() || self.shared.stop.is_cancelled()
+    }
 }
 
 /// Ends a session's part in the pool (the pool and its children stay).
@@ -47,38 +91,25 @@ impl PoolStopper {
     }
 }
 
-async fn run(shared: Arc<Shared>, entry: Arc<SessionEntry>, mut rx: mpsc::Receiver<Bytes>) {
-    loop {
-        // Cancel-safe: `recv` loses nothing when another branch wins.
-        let raw = tokio::select! {
-            m = rx.recv() => m,
-            _ = entry.ended.cancelled() => None,
-            _ = shared.stop.cancelled() => None,
-        };
-        let Some(raw) = raw else { return };
-        let Ok(msg) = Message::parse(&raw) else { continue };
-        on_client(&shared, &entry, msg).await;
-    }
-}
-
 async fn on_client(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message) {
     match (msg.kind, msg.method()) {
-        (Kind::Request, Some("initialize")) => initialize(shared, entry, &msg).await,
+        // Boxed: once per session, and every sender's future would otherwise keep room for it.
+        (Kind::Request, Some("initialize")) => Box::pin(initialize(shared, entry, &msg)).await,
         (Kind::Request, Some("logging/setLevel")) => {
             // One child serves many sessions: a level set by one would apply to all.
             reply(shared, entry, &msg, "{}");
         }
-        (Kind::Request, Some("resources/subscribe")) => subscribe(shared, entry, msg).await,
+        (Kind::Request, Some("resources/subscribe")) => subscribe(shared, entry, msg),
         (Kind::Request, Some("resources/unsubscribe")) => {
             let uri = msg.param_str("uri").unwrap_or_default();
             Shared::lock(&entry.subscribed).remove(&uri);
             shared.unsubscribe(entry.key, &uri);
             reply(shared, entry, &msg, "{}");
         }
-        (Kind::Request, _) => forward(shared, entry, msg, None).await,
+        (Kind::Request, _) => forward(shared, entry, msg, None),
         (Kind::Notification, Some("notifications/cancelled")) => cancel(shared, entry, &msg),
         (Kind::Notification, _) => {} // `initialized` was the pool's to send; roots changes are per client.
-        (Kind::Result | Kind::Error, Some(_)) | (Kind::Result | Kind::Error, None) => answer(shared, entry, &msg).await,
+        (Kind::Result | Kind::Error, Some(_)) | (Kind::Result | Kind::Error, None) => answer(shared, entry, &msg),
     }
 }
 
@@ -100,8 +131,8 @@ async fn initialize(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Messa
 }
 
 /// The first subscriber to a URI subscribes a child; the others are answered at once.
-async fn subscribe(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message) {
-    let Some(uri) = msg.param_str("uri") else { return forward(shared, entry, msg, None).await };
+fn subscribe(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message) {
+    let Some(uri) = msg.param_str("uri") else { return forward(shared, entry, msg, None) };
     Shared::lock(&entry.subscribed).insert(uri.clone());
     let first = {
         let mut subs = Shared::lock(&shared.subscriptions);
@@ -111,16 +142,16 @@ async fn subscribe(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message
         first
     };
     if first {
-        forward(shared, entry, msg, Some(uri)).await;
+        forward(shared, entry, msg, Some(uri));
     } else {
         reply(shared, entry, &msg, "{}");
     }
 }
 
 /// Sends a request to a child with room (waiting in the bounded queue when none has any).
-async fn forward(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message, subscribes: Option<String>) {
+fn forward(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message, subscribes: Option<String>) {
     if let Some(slot) = shared.take() {
-        return send_on(shared, entry, &slot, msg, subscribes).await;
+        return send_on(shared, entry, &slot, msg, subscribes);
     }
     // Waits in its own task, so the session's later messages (cancellations) are not held up.
     let (shared, entry) = (shared.clone(), entry.clone());
@@ -129,14 +160,14 @@ async fn forward(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: Message, 
         let got = shared.acquire(&entry.ended).await;
         shared.metrics.pool_queue_depth.dec();
         match got {
-            Ok(slot) => send_on(&shared, &entry, &slot, msg, subscribes).await,
+            Ok(slot) => send_on(&shared, &entry, &slot, msg, subscribes),
             Err(why) => fail(&shared, &entry, msg.id.as_ref(), &GatewayError::PoolBusy(why)),
         }
     });
 }
 
 /// Sends a request on a slot whose place it holds, under a child-unique id and token.
-async fn send_on(
+fn send_on(
     shared: &Arc<Shared>,
     entry: &Arc<SessionEntry>,
     slot: &Arc<Slot>,
@@ -166,14 +197,19 @@ async fn send_on(
     if let (Some(b), Some(t)) = (&body, &token) {
         body = with_param(b, &["_meta", "progressToken"], t);
     }
-    let sent = match body {
-        Some(b) => slot.send_wait(b).await,
-        None => false,
+    let down = {
+        let (shared, entry, slot) = (shared.clone(), entry.clone(), slot.clone());
+        move || {
+            if slot.finish(child_id, &shared.room).is_some() {
+                Shared::lock(&entry.outgoing).remove(&id);
+                let err = GatewayError::BackendUnavailable("the pool child is restarting".into());
+                fail(&shared, &entry, Some(&id), &err);
+            }
+        }
     };
-    if !sent && slot.finish(child_id, &shared.room).is_some() {
-        Shared::lock(&entry.outgoing).remove(&id);
-        let err = GatewayError::BackendUnavailable("the pool child is restarting".into());
-        fail(shared, entry, Some(&id), &err);
+    match body {
+        Some(b) => slot.send_or_wait(&shared.tasks, b, down),
+        None => down(),
     }
 }
 
@@ -190,12 +226,12 @@ fn cancel(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message) {
 }
 
 /// The client's answer to a child's request: back to that child, under the child's own id.
-async fn answer(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message) {
+fn answer(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message) {
     let Some(id) = &msg.id else { return };
     let asked = Shared::lock(&entry.asked).remove(id.as_json());
     let Some((slot, child_id)) = asked else { return };
     if let Some(b) = with_id(&msg.raw, child_id.as_json()) {
-        shared.slots[slot].send_wait(b).await;
+        shared.slots[slot].send_or_wait(&shared.tasks, b, || {});
     }
 }
 
