@@ -130,7 +130,9 @@ pub async fn accept(
         match upgrade.await {
             Ok(io) => {
                 let socket = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
-                conn.run(socket, frames_rx).await;
+                // Split here: a socket passed whole would keep its room in the task for good.
+                let (sink, stream) = socket.split();
+                conn.run(sink, stream, frames_rx).await;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "A WebSocket upgrade did not complete.");
@@ -281,8 +283,12 @@ impl Connection {
         Ok(())
     }
 
-    async fn run(mut self, socket: Socket, frames: mpsc::Receiver<Frame>) {
-        let (sink, stream) = socket.split();
+    async fn run(
+        mut self,
+        sink: SplitSink<Socket, WsMessage>,
+        stream: SplitStream<Socket>,
+        frames: mpsc::Receiver<Frame>,
+    ) {
         let done = CancellationToken::new();
         let clock = Clock::new();
         let writer =
@@ -349,7 +355,8 @@ impl Connection {
             match next {
                 Some(Ok(WsMessage::Text(text))) => {
                     self.app.metrics.bytes_received.with_label_values(&["websocket"]).inc_by(text.len() as u64);
-                    self.on_text(Bytes::from(text), out).await
+                    // Boxed: an idle connection's task keeps no room for a message's handling.
+                    Box::pin(self.on_text(Bytes::from(text), out)).await
                 }
                 Some(Ok(WsMessage::Binary(_))) => return fault(GatewayError::BinaryFrame),
                 Some(Ok(WsMessage::Close(_))) => return (Ending::ClientClosed, None),

@@ -99,7 +99,8 @@ struct Stalled {
 }
 
 pub(super) struct Actor {
-    config: SessionConfig,
+    /// Shared with the registry's: a reload gives new sessions a new one.
+    config: Arc<SessionConfig>,
     metrics: RouteMetrics,
     backend: Outbox,
     in_flight: Arc<InFlight>,
@@ -124,7 +125,7 @@ pub(super) struct Actor {
 
 impl Actor {
     pub(super) fn new(
-        config: SessionConfig,
+        config: Arc<SessionConfig>,
         backend: Outbox,
         in_flight: Arc<InFlight>,
         metrics: RouteMetrics,

@@ -575,13 +575,8 @@ impl Registry {
             caller: caller.clone(),
         }));
         let m = &self.metrics;
-        let actor = actor::Actor::new(
-            (*config).clone(),
-            conn.tx.clone(),
-            self.in_flight.clone(),
-            actor::RouteMetrics::new(m, route),
-            caller.1.clone(),
-        );
+        let (tx, in_flight, metrics, grants) =
+            (conn.tx.clone(), self.in_flight.clone(), actor::RouteMetrics::new(m, route), caller.1.clone());
         let shutdown = self.shutdown.clone();
         let registry = self.clone();
         let span = tracing::info_span!("session", session.id = %handle.id(), route = route, backend.name = backend.name(), transport = transport.label());
@@ -589,12 +584,16 @@ impl Registry {
         let live = crate::metrics::Live::new(m.sessions.with_label_values(&[route, transport.label()]));
         let ended = m.sessions_ended.clone();
         let route_label: Arc<str> = Arc::from(route);
+        let session_id = ctx.session_id;
         self.tasks.spawn(async move {
+            // Made here, not captured: a captured actor would keep its room in the task
+            // after moving into `run`.
+            let actor = actor::Actor::new(config, tx, in_flight, metrics, grants);
             let reason = actor.run(rx, conn.events, shutdown).await;
             ended.with_label_values(&[&route_label, reason.label()]).inc();
             drop(live);
-            if registry.sessions.remove(&*ctx.session_id).is_some() {
-                registry.remember_end(ctx.session_id.clone(), &reason);
+            if registry.sessions.remove(&*session_id).is_some() {
+                registry.remember_end(session_id.clone(), &reason);
             }
             tracing::info!(parent: &span, reason = %reason.describe(), "The session ended.");
             // Boxed, as the end in `run`: an idle session's task keeps no room for its ending.
