@@ -22,7 +22,8 @@
 //! `limited` rather than errors (a flood).
 //!
 //! **Idle** (`--idle`): opens and initializes `--sessions` WebSocket sessions, holds them for
-//! `--hold` seconds, and reports the RSS growth of each watched process per connection.
+//! `--hold` seconds, and reports the RSS growth of the first watched process per connection,
+//! and the CPU time it and the load generator spent per session opened.
 //!
 //! Either way it prints exactly one JSON line. Each `--watch NAME=PID` adds, for the timed
 //! phase only, that process's CPU time per call (its own threads), the same for its whole
@@ -429,10 +430,15 @@ async fn open_all(url: &str, transport: Transport, n: usize, opts: &Options) -> 
 async fn idle(a: Args) -> Value {
     let Some((name, pid)) = a.watch.first().cloned() else { usage("--idle needs --watch NAME=PID") };
     let before = proc_kib(pid, "status", "VmRSS:");
+    let ticks = |pid: u32| usage_of(pid, &proc_table(), false).own_ticks;
+    let (cpu_before, self_before) = (ticks(pid), ticks(std::process::id()));
     let started = Instant::now();
     let sessions =
         open_all(&a.url, Transport::Ws, a.sessions, &Options { bearer: a.bearer.clone(), limited_ok: false }).await;
     let open_secs = started.elapsed().as_secs_f64();
+    let n = a.sessions as u64;
+    let cpu = round(per_call_us(ticks(pid).saturating_sub(cpu_before), n), 1);
+    let client_cpu = round(per_call_us(ticks(std::process::id()).saturating_sub(self_before), n), 1);
     let errors: Vec<&String> = sessions.iter().filter_map(|s| s.as_ref().err()).collect();
     // Let allocations settle while the connections sit idle.
     tokio::time::sleep(a.hold).await;
@@ -440,7 +446,8 @@ async fn idle(a: Args) -> Value {
     let per = after.saturating_sub(before) as f64 / a.sessions as f64;
     json!({"mode": "idle", "sessions": a.sessions, "open_seconds": round(open_secs, 2), "errors": errors.len(),
         "first_error": errors.first(), format!("{name}_rss_before_kib"): before, format!("{name}_rss_after_kib"): after,
-        format!("{name}_kib_per_connection"): round(per, 1)})
+        format!("{name}_kib_per_connection"): round(per, 1), "sessions_per_second": round(a.sessions as f64 / open_secs, 0),
+        format!("{name}_cpu_us_per_open"): cpu, "client_cpu_us_per_open": client_cpu})
 }
 
 /// What one session's timed loop did.
