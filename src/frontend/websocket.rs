@@ -37,7 +37,7 @@ use super::{App, Body};
 use crate::auth::Caller;
 use crate::backend::Backend;
 use crate::error::GatewayError;
-use crate::jsonrpc::{Body as RpcBody, Id, Message, ParseError};
+use crate::jsonrpc::{rewrite, Body as RpcBody, Id, Message, ParseError};
 use crate::metrics::{close_class, Live};
 use crate::protocol;
 use crate::session::{Attach, Delivery, EndReason, EventId, Frame, SessionHandle, Sink, Target, Transport};
@@ -555,25 +555,20 @@ impl Named {
     }
 }
 
-/// `{"jsonrpc":"2.0","id":…,"result":{…,"_meta":{"mcp-edge/sessionId":…}}}`, with the SEP's
-/// top-level `mcpSessionId` too for clients that use it.
+/// `{"jsonrpc":"2.0","id":…,"result":{"_meta":{"mcp-edge/sessionId":…},…}}`, with the SEP's
+/// top-level `mcpSessionId` too for clients that use it. The rest of the result keeps its text.
 fn initialize_answer(id: &Id, result: &Bytes, session_id: &str, top_level: bool) -> Bytes {
-    let mut result: Value = serde_json::from_slice(result).unwrap_or_else(|_| Value::Object(Default::default()));
-    set_meta(&mut result, SESSION_KEY, session_id);
-    let mut answer = serde_json::json!({"jsonrpc": "2.0", "id": serde_json::from_str::<Value>(id.as_json()).unwrap_or(Value::Null), "result": result});
+    let sid = Value::from(session_id).to_string();
+    let result = std::str::from_utf8(result)
+        .ok()
+        .and_then(|r| rewrite::with_meta(r, SESSION_KEY, &sid))
+        .unwrap_or_else(|| format!(r#"{{"_meta":{{{}:{sid}}}}}"#, Value::from(SESSION_KEY)));
+    let mut answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}"#, id.as_json());
     if top_level {
-        answer[SEP_SESSION_FIELD] = Value::from(session_id);
+        answer.push_str(&format!(r#","{SEP_SESSION_FIELD}":{sid}"#));
     }
-    Bytes::from(answer.to_string())
-}
-
-/// Sets `_meta[key]` on an object (creating `_meta`); does nothing to a non-object.
-fn set_meta(target: &mut Value, key: &str, value: &str) {
-    let Some(obj) = target.as_object_mut() else { return };
-    let meta = obj.entry("_meta").or_insert_with(|| Value::Object(Default::default()));
-    if let Some(meta) = meta.as_object_mut() {
-        meta.insert(key.to_owned(), Value::from(value));
-    }
+    answer.push('}');
+    Bytes::from(answer)
 }
 
 /// Milliseconds since the connection started at the last sign of life from the client.
@@ -707,21 +702,12 @@ impl Writer {
 /// Adds the event id to `params._meta` of requests and notifications and to `result._meta`
 /// of results; error responses cannot carry `_meta` and pass unchanged.
 fn with_event_id(data: Bytes, id: EventId) -> Bytes {
-    let Ok(mut v) = serde_json::from_slice::<Value>(&data) else { return data };
-    let id = id.to_string();
-    if v.get("method").is_some() {
-        let params = v
-            .as_object_mut()
-            .expect("a message is an object")
-            .entry("params")
-            .or_insert_with(|| Value::Object(Default::default()));
-        set_meta(params, EVENT_KEY, &id);
-    } else if let Some(result) = v.get_mut("result") {
-        set_meta(result, EVENT_KEY, &id);
-    } else {
-        return data;
+    let id = Value::from(id.to_string()).to_string();
+    let text = std::str::from_utf8(&data).ok();
+    match text.and_then(|t| rewrite::with_message_meta(t, EVENT_KEY, &id)) {
+        Some(out) => Bytes::from(out),
+        None => data,
     }
-    Bytes::from(v.to_string())
 }
 
 fn text(b: Bytes) -> WsMessage {
