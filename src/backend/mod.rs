@@ -206,11 +206,14 @@ impl Backend {
     }
 
     /// Descriptors each session costs beyond its client's socket: a per-session stdio child's
-    /// three pipes and the guard's liveness pipe; nothing for pools and upstreams.
+    /// three pipes and the guard's liveness pipe; the upstream connection a session's GET
+    /// stream holds over HTTP/1.1 (over HTTP/2 every session shares one); nothing for pools.
     pub fn fds_per_session(&self) -> u64 {
         match self {
             Backend::Stdio(_) => 4,
-            _ => 0,
+            Backend::Http(b) if b.multiplexed() => 0,
+            Backend::Http(_) | Backend::Sse(_) => 1,
+            Backend::Pool(_) | Backend::Example => 0,
         }
     }
 

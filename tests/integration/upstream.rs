@@ -371,3 +371,22 @@ async fn a_w3c_traceparent_reaches_the_backend_in_params_meta() {
     assert_eq!(body["id"], 8);
     assert!(call.headers.get("traceparent").is_none(), "the client's headers stay behind; the trace rides in _meta");
 }
+
+/// The connection cap derived from the open-file limit counts the upstream connection each
+/// session's GET stream holds over HTTP/1.1, and none when HTTP/2 carries every session.
+#[tokio::test]
+async fn the_derived_connection_cap_counts_a_session_s_upstream_connection() {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let cap = |gw: &TestGateway| {
+        let admin = gw.admin.expect("the admin listener is on");
+        async move {
+            crate::metrics::Metrics::scrape(admin).await.get("mcp_edge_limit", &[("limit", "max_connections")]) as u64
+        }
+    };
+    let h1 = gateway_for(&refused_url().await).await;
+    assert_eq!(cap(&h1).await, (soft - 256) / 2, "the client's socket and the session's upstream connection");
+    let h2 =
+        TestGateway::start(upstream_config("kind = \"http\"\nurl = \"https://127.0.0.1:9/mcp\"\nhttp2 = true")).await;
+    assert_eq!(cap(&h2).await, soft - 256, "one shared HTTP/2 connection costs no descriptor per session");
+}

@@ -60,6 +60,12 @@ impl HttpBackend {
         &self.up.health
     }
 
+    /// Whether every session shares one upstream connection (HTTP/2, offered by ALPN over
+    /// `https://`).
+    pub fn multiplexed(&self) -> bool {
+        self.up.config.http2 && self.up.url.scheme_str() == Some("https")
+    }
+
     /// Opens a link for one gateway session. Nothing is sent until the client's `initialize`.
     pub fn connect(&self, ctx: &Context) -> Connection {
         let (tx, rx) = mpsc::channel(self.up.config.send_queue);
