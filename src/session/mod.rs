@@ -10,6 +10,7 @@ mod actor;
 pub mod buffer;
 
 use std::collections::VecDeque;
+use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -513,8 +514,13 @@ impl Registry {
     fn mint_id(&self) -> Arc<str> {
         let mut bytes = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut bytes);
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Arc::from(format!("{}.{hex}", self.instance_id))
+        let mut id = String::with_capacity(self.instance_id.len() + 33);
+        id.push_str(&self.instance_id);
+        id.push('.');
+        for b in bytes {
+            let _ = write!(id, "{b:02x}");
+        }
+        Arc::from(id)
     }
 
     /// Starts a session that is not yet visible to clients: connects the backend and runs the
