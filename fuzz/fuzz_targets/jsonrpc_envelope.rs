@@ -2,7 +2,8 @@
 //!
 //! Any bytes: `Body::parse` answers a body or a clean error. Every message it yields keeps raw
 //! bytes that parse again, alone, to the same message; so do its single-line form, the message
-//! with a `_meta` key added, with a new id and with a progress token set.
+//! with a `_meta` key added (as trace context, and spliced in as an event id), with a new id and
+//! with a progress token set.
 #![no_main]
 
 use bytes::Bytes;
@@ -77,6 +78,26 @@ fn check(m: &Message, batch: bool) {
         }
     }
 
+    // An event id spliced into `_meta` (what a resuming WebSocket client gets): the envelope
+    // stays, and the key lands in `params` of a request or notification, `result` of a result.
+    if let Some(out) = std::str::from_utf8(&m.raw)
+        .ok()
+        .and_then(|text| rewrite::with_message_meta(text, "mcp-edge/eventId", "\"1-2\""))
+    {
+        let again = reparse(&Bytes::from(out.clone()), "with_message_meta");
+        assert_eq!(
+            (again.kind, &again.id, again.method()),
+            (m.kind, &m.id, m.method()),
+            "with_message_meta changed the envelope"
+        );
+        // (A number beyond f64 elsewhere in the message is text the envelope never reads, but a
+        // `Value` cannot hold it.)
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) {
+            let holder = if m.method().is_some() { &v["params"] } else { &v["result"] };
+            assert_eq!(holder["_meta"]["mcp-edge/eventId"], "1-2", "the key is not where it belongs: {out}");
+        }
+    }
+
     // A progress token set in params._meta (what a shared backend's pool does to requests).
     if let Some(out) = rewrite::with_param(&m.raw, &["_meta", "progressToken"], "\"pool.3\"") {
         let again = reparse(&out, "with_param");
@@ -89,10 +110,11 @@ fn check(m: &Message, batch: bool) {
             assert_eq!(again.progress_token.as_ref().map(Id::as_json), Some("\"pool.3\""));
         }
     }
-    // And a cancelled request's id (what the pool does to notifications/cancelled).
+    // And a cancelled request's id (what the pool does to notifications/cancelled). Only a
+    // notification cancels: a request that carries the method name (it has an id) does not.
     if let Some(out) = rewrite::with_param(&m.raw, &["requestId"], "42") {
         let again = reparse(&out, "with_param requestId");
-        if again.method() == Some("notifications/cancelled") {
+        if again.kind == Kind::Notification && again.method() == Some("notifications/cancelled") {
             assert_eq!(again.cancelled_id.as_ref().map(Id::as_json), Some("42"));
         }
     }
