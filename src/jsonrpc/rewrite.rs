@@ -98,25 +98,14 @@ pub fn with_id(raw: &[u8], id_json: &str) -> Option<Bytes> {
         id: Option<&'a RawValue>,
     }
     let text = std::str::from_utf8(raw).ok()?;
-    if text.trim_start().starts_with('{') {
-        if let Ok(Envelope { id: Some(id) }) = serde_json::from_str(text) {
-            return Some(Bytes::from(splice(text, span(text, id), id_json)));
-        }
+    if !text.trim_start().starts_with('{') {
+        return None;
     }
-    let members: BTreeMap<String, &RawValue> = serde_json::from_slice(raw).ok()?;
-    let mut out = String::with_capacity(raw.len() + id_json.len());
-    out.push('{');
-    out.push_str(&format!("\"id\":{id_json}"));
-    for (k, v) in &members {
-        if k == "id" {
-            continue;
-        }
-        out.push(',');
-        out.push_str(&serde_json::to_string(k).ok()?);
-        out.push(':');
-        out.push_str(v.get());
-    }
-    out.push('}');
+    let Envelope { id } = serde_json::from_str(text).ok()?;
+    let out = match id {
+        Some(id) => splice(text, span(text, id), id_json),
+        None => prepend(text, r#""id""#, id_json)?,
+    };
     Some(Bytes::from(out))
 }
 
