@@ -1,6 +1,7 @@
 //! The JSON-RPC envelope parser and the helpers that re-encode what it parsed.
 //!
-//! Any bytes: `Body::parse` answers a body or a clean error. Every message it yields keeps raw
+//! Any bytes: `Message::parse` (one pass) answers exactly what the slower two-step parse does,
+//! error included; `Body::parse` answers a body or a clean error. Every message it yields keeps raw
 //! bytes that parse again, alone, to the same message; so do its single-line form, the message
 //! with a `_meta` key added (as trace context, and spliced in as an event id), with a new id and
 //! with a progress token set.
@@ -12,6 +13,12 @@ use mcp_edge::jsonrpc::{cancelled_notification, error_response, rewrite, single_
 
 fuzz_target!(|data: &[u8]| {
     let bytes = Bytes::copy_from_slice(data);
+    match (Message::parse(&bytes), Message::parse_in_two_steps(&bytes)) {
+        (Ok(fast), Ok(slow)) => {
+            assert!(fields(&fast) == fields(&slow) && fast.raw == slow.raw, "{fast:?} vs {slow:?}");
+        }
+        (fast, slow) => assert_eq!(fast.err(), slow.err(), "the one-pass parse answers otherwise"),
+    }
     let Ok(body) = Body::parse(&bytes) else { return };
     let batch = matches!(body, Body::Batch(_));
     let msgs = body.into_messages();

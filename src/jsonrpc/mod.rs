@@ -251,6 +251,9 @@ impl Body {
         };
         let json = |e: serde_json::Error| ParseError::Json(e.to_string());
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'{') && !too_deep(bytes) {
+            return Message::parse(bytes).map(Body::Single);
+        }
         if first == Some(&b'[') {
             let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(json)?;
             if items.is_empty() {
@@ -273,7 +276,23 @@ impl Body {
 
 impl Message {
     /// Parses one message from bytes that hold exactly one JSON value.
+    ///
+    /// One pass over the bytes when they are a well-formed object in UTF-8 (the usual case);
+    /// anything else takes [`Message::parse_in_two_steps`], whose error is the answer.
     pub fn parse(bytes: &Bytes) -> Result<Message, ParseError> {
+        let text = bytes.trim_ascii();
+        if text.first() == Some(&b'{') && std::str::from_utf8(text).is_ok() {
+            if let Ok(env) = serde_json::from_slice::<Envelope<'_>>(bytes) {
+                return Message::from_envelope(bytes.slice_ref(text), env);
+            }
+        }
+        Message::parse_in_two_steps(bytes)
+    }
+
+    /// The JSON value first, then its envelope: slower, and tells a syntax error from a
+    /// repeated member. [`Message::parse`] answers exactly as this does.
+    #[doc(hidden)]
+    pub fn parse_in_two_steps(bytes: &Bytes) -> Result<Message, ParseError> {
         let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
         Message::from_raw(bytes, raw)
     }
@@ -287,6 +306,11 @@ impl Message {
         // the gateway and the backend could each read a different one.
         let env: Envelope<'_> =
             serde_json::from_str(raw.get()).map_err(|_| ParseError::Invalid("a member appears twice"))?;
+        Message::from_envelope(source.slice_ref(raw.get().as_bytes()), env)
+    }
+
+    /// Checks an envelope and keeps what the gateway routes on; `raw` is the message's text.
+    fn from_envelope(raw: Bytes, env: Envelope<'_>) -> Result<Message, ParseError> {
         if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(ParseError::Invalid("\"jsonrpc\" must be \"2.0\""));
         }
@@ -314,14 +338,7 @@ impl Message {
             (None, _, None, Some(_)) => Kind::Error,
             _ => return Err(ParseError::Invalid("not a request, notification or response")),
         };
-        let mut msg = Message {
-            raw: source.slice_ref(raw.get().as_bytes()),
-            kind,
-            id,
-            method,
-            progress_token: None,
-            cancelled_id: None,
-        };
+        let mut msg = Message { raw, kind, id, method, progress_token: None, cancelled_id: None };
         if let Some(params) = env.params {
             msg.read_params(params);
         }
@@ -409,6 +426,12 @@ impl Message {
     pub fn single_line(&self) -> Bytes {
         single_line(&self.raw)
     }
+
+    /// The message with its raw bytes on one line: line breaks in valid JSON are whitespace
+    /// between tokens, so what was parsed stays as it is.
+    pub fn on_one_line(&self) -> Message {
+        Message { raw: self.single_line(), ..self.clone() }
+    }
 }
 
 /// See [`Message::single_line`].
@@ -450,6 +473,35 @@ pub fn cancelled_notification(id: &Id, reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_one_pass_parse_answers_as_the_two_step_parse_does() {
+        let inputs: &[&[u8]] = &[
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            b" \r\n\t{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"result\":{}} \n",
+            br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"\u0069d":2,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping"} x"#,
+            b"\x0c{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"x\":\"\xff\"}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"x\":\"a\x01\"}",
+            br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            br#"["2.0",1,"ping"]"#,
+            b"",
+        ];
+        for input in inputs {
+            let bytes = Bytes::copy_from_slice(input);
+            let (fast, slow) = (Message::parse(&bytes), Message::parse_in_two_steps(&bytes));
+            match (&fast, &slow) {
+                (Ok(f), Ok(s)) => assert!(f.raw == s.raw && f.id == s.id && f.kind == s.kind, "{input:?}"),
+                _ => assert_eq!(fast.as_ref().err(), slow.as_ref().err(), "{:?}", String::from_utf8_lossy(input)),
+            }
+        }
+        let bad_utf8 = Bytes::from_static(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"x\":\"\xff\"}");
+        assert!(matches!(Message::parse(&bad_utf8), Err(ParseError::Json(_))), "invalid UTF-8 anywhere is refused");
+    }
 
     #[test]
     fn trace_context_goes_into_params_meta_once() {
