@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::config::BackendConfig;
+use crate::jsonrpc::Message;
 use crate::metrics::Metrics;
 
 /// What a backend reports to its session.
@@ -26,6 +27,9 @@ use crate::metrics::Metrics;
 pub enum Event {
     /// One JSON-RPC message from the server, as a single line without the newline.
     Message(Bytes),
+    /// One JSON-RPC message the backend had to parse itself (to see whether it answers a
+    /// request it waits for), handed on parsed.
+    Parsed(Message),
     /// The server is gone or broke the protocol; nothing more will arrive.
     Closed(String),
     /// The server forgot this client's session and it could not be restored: the client
@@ -51,6 +55,10 @@ pub enum Outbox {
     /// A session of a stdio pool: each message is routed in the sender's own task, so a
     /// session costs the pool no task and no queue of its own.
     Pool(pool::Port),
+    /// A Streamable HTTP upstream link: a request is POSTed from a task of its own straight
+    /// away when nothing queued must reach the upstream before it; the rest goes through the
+    /// link's queue, in order.
+    Upstream(http::Port),
 }
 
 /// The backend takes no more messages: it is gone, or the session's part in it ended.
@@ -63,6 +71,17 @@ impl Outbox {
         match self {
             Outbox::Queue(tx) => tx.send(msg).await.map_err(|_| Gone),
             Outbox::Pool(port) => port.send(msg).await,
+            Outbox::Upstream(port) => port.send(msg).await,
+        }
+    }
+
+    /// Hands a client's message over, waiting for room: on one line, and already parsed for
+    /// the backends that route it.
+    pub async fn forward(&self, msg: &Message) -> Result<(), Gone> {
+        match self {
+            Outbox::Queue(tx) => tx.send(msg.single_line()).await.map_err(|_| Gone),
+            Outbox::Pool(port) => port.route(msg.on_one_line()).await,
+            Outbox::Upstream(port) => port.route(msg.clone()).await,
         }
     }
 
@@ -74,6 +93,7 @@ impl Outbox {
                 mpsc::error::TrySendError::Closed(_) => Refused::Gone,
             }),
             Outbox::Pool(port) => port.try_send(msg),
+            Outbox::Upstream(port) => port.try_send(msg),
         }
     }
 }

@@ -178,7 +178,8 @@ impl Actor {
                     None => break EndReason::InitializeFailed,
                 },
                 e = events.recv(), if reading => match e {
-                    Some(Event::Message(line)) => self.on_backend(line),
+                    Some(Event::Message(line)) => self.on_backend_line(line),
+                    Some(Event::Parsed(msg)) => self.on_backend(msg),
                     Some(Event::Closed(why)) => break EndReason::BackendClosed(why),
                     Some(Event::SessionLost(why)) => break EndReason::UpstreamLost(why),
                     None => break EndReason::BackendClosed("backend connection lost".into()),
@@ -331,14 +332,15 @@ impl Actor {
         self.away_since = Some(Instant::now());
     }
 
-    fn on_backend(&mut self, line: Bytes) {
-        let msg = match Message::parse(&line) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "The backend sent a line that is not a JSON-RPC message; dropped it.");
-                return;
-            }
-        };
+    fn on_backend_line(&mut self, line: Bytes) {
+        match Message::parse(&line) {
+            Ok(m) => self.on_backend(m),
+            Err(e) => tracing::warn!(error = %e, "The backend sent a line that is not a JSON-RPC message; dropped it."),
+        }
+    }
+
+    fn on_backend(&mut self, msg: Message) {
+        let line = msg.raw.clone();
         match (msg.kind, &msg.id) {
             (Kind::Result | Kind::Error, Some(id)) => match self.take_pending(id, outcome(msg.kind)) {
                 Some(p) => {

@@ -280,7 +280,7 @@ impl SessionHandle {
     /// Writes messages to the backend, waiting for room in its queue.
     pub async fn forward(&self, msgs: &[Message]) -> Result<(), GatewayError> {
         for m in msgs {
-            self.0.backend.send(m.single_line()).await.map_err(|_| gone())?;
+            self.0.backend.forward(m).await.map_err(|_| gone())?;
         }
         Ok(())
     }

@@ -278,6 +278,31 @@ async fn a_slow_upstream_times_out_and_the_session_goes_on() {
 }
 
 #[tokio::test]
+async fn a_request_never_overtakes_a_notification_sent_before_it() {
+    let example = ExampleHttp::start().await;
+    let chaos = Chaos::start(&example.url).await;
+    let gw = gateway_for(&chaos.url).await;
+    let mut c = gw.client();
+    c.initialize("2025-06-18").await;
+    let slow = Duration::from_millis(300);
+    chaos.delay(slow);
+    let notification = json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"});
+    assert_eq!(c.post(&notification).await.status, StatusCode::ACCEPTED, "acknowledged at once");
+    assert_eq!(c.request("ping", json!({})).await["result"], json!({}));
+
+    let seen = chaos.seen();
+    let at = |method: &str| seen.iter().find(|s| s.rpc_method().as_deref() == Some(method)).unwrap().at;
+    let gap = at("ping") - at("notifications/roots/list_changed");
+    assert!(
+        gap >= slow - Duration::from_millis(20),
+        "the ping left only after the notification was delivered ({gap:?})"
+    );
+    // Nothing queued any more: the next request goes at once.
+    chaos.delay(Duration::ZERO);
+    assert_eq!(c.request("ping", json!({})).await["result"], json!({}));
+}
+
+#[tokio::test]
 async fn a_websocket_client_uses_an_http_upstream() {
     let example = ExampleHttp::start().await;
     let gw = gateway_for(&example.url).await;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{forgot_session, set_session, Link, ACCEPT_BOTH, ACCEPT_SSE, DEFAULT_RETRY, MAX_RETRY};
 use crate::backend::event_stream::Decoder;
 use crate::backend::upstream::{media_type, read_body, snippet, SESSION_HEADER};
+use crate::backend::Event;
 use crate::jsonrpc::{Id, Kind, Message};
 
 /// Resume attempts in a row, for one broken stream, before giving up on it.
@@ -163,10 +164,13 @@ impl Link {
     /// One message from the upstream: the response `purpose` waits for ends the exchange
     /// (kept back when internal), anything else goes to the client.
     async fn message(&self, data: Bytes, purpose: Purpose<'_>, init: bool) -> Outcome {
-        let parsed = Message::parse(&data);
-        let answers = match (&parsed, purpose.id()) {
-            (Ok(m), Some(id)) => matches!(m.kind, Kind::Result | Kind::Error) && m.id.as_ref() == Some(id),
-            _ => false,
+        let Ok(msg) = Message::parse(&data) else {
+            tracing::warn!(parent: &self.span, "The upstream sent something that is not a JSON-RPC message; dropped it.");
+            return Outcome::Failed("not a JSON-RPC message".into());
+        };
+        let answers = match purpose.id() {
+            Some(id) => matches!(msg.kind, Kind::Result | Kind::Error) && msg.id.as_ref() == Some(id),
+            None => false,
         };
         if answers && init {
             if let Some((version, _)) = crate::protocol::initialize_result(&data) {
@@ -176,11 +180,7 @@ impl Link {
         if let (true, Purpose::Internal(_)) = (answers, purpose) {
             return Outcome::Answer(data);
         }
-        if parsed.is_err() {
-            tracing::warn!(parent: &self.span, "The upstream sent something that is not a JSON-RPC message; dropped it.");
-            return Outcome::Failed("not a JSON-RPC message".into());
-        }
-        self.emit(data).await;
+        let _ = self.events.send(Event::Parsed(msg)).await;
         if answers {
             Outcome::Done
         } else {

@@ -6,7 +6,10 @@
 //! that when the upstream forgets the session (404, or a 400 that says so) the link
 //! re-initializes it, restores that state and retries the request once — the client sees
 //! nothing. Requests are POSTed concurrently, each cancellable on its own; notifications and
-//! responses go in order. While a re-initialization runs, no other exchange starts. The
+//! responses go in order: the session's [`Port`] POSTs a request from a task of its own at once
+//! unless a notification or response queued before it has not been delivered yet, and queues
+//! everything else for the link's task. While a re-initialization runs, no other exchange
+//! starts. The
 //! upstream's GET stream carries its server-initiated messages. [`exchange`] holds the
 //! mechanics of one POST. Must not know about the gateway's sessions or frontends: it only
 //! speaks [`Event`]s.
@@ -14,7 +17,7 @@
 mod exchange;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::event_stream::Decoder;
 use super::upstream::{media_type, read_body, snippet, Upstream, SESSION_HEADER, VERSION_HEADER};
-use super::{legacy_sse, Connection, Context, Event, Stopper};
+use super::{legacy_sse, Connection, Context, Event, Gone, Outbox, Refused, Stopper};
 use crate::error::GatewayError;
 use crate::jsonrpc::{Id, Kind, Message};
 use crate::retry::{Attempts, Backoff};
@@ -81,10 +84,77 @@ impl HttpBackend {
             gate: tokio::sync::RwLock::new(()),
             requests: Mutex::default(),
             next_internal: AtomicU64::new(1),
+            // With a fallback, the first message decides the transport before any other goes.
+            ordered: AtomicUsize::new(usize::from(self.up.config.sse_fallback)),
             span,
         });
         tasks.spawn(link.clone().run(rx));
-        Connection { tx: tx.into(), events, stopper: Stopper::Upstream(UpstreamStopper { link }) }
+        let port = Port { link: link.clone(), queue: tx };
+        Connection { tx: Outbox::Upstream(port), events, stopper: Stopper::Upstream(UpstreamStopper { link }) }
+    }
+}
+
+/// A session's way to its link (see the module documentation for the order it keeps).
+#[derive(Clone)]
+pub struct Port {
+    link: Arc<Link>,
+    queue: mpsc::Sender<Bytes>,
+}
+
+impl Port {
+    pub(crate) async fn send(&self, raw: Bytes) -> Result<(), Gone> {
+        match Message::parse(&raw) {
+            Ok(msg) => self.route(msg).await,
+            Err(_) => self.enqueue(raw).await,
+        }
+    }
+
+    /// [`Port::send`] for a message already parsed.
+    pub(crate) async fn route(&self, msg: Message) -> Result<(), Gone> {
+        match self.direct(msg)? {
+            Some(msg) => self.enqueue(msg.raw).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn enqueue(&self, raw: Bytes) -> Result<(), Gone> {
+        self.link.ordered.fetch_add(1, Ordering::SeqCst);
+        self.queue.send(raw).await.map_err(|_| {
+            self.link.ordered.fetch_sub(1, Ordering::SeqCst);
+            Gone
+        })
+    }
+
+    pub(crate) fn try_send(&self, raw: Bytes) -> Result<(), Refused> {
+        let raw = match Message::parse(&raw) {
+            Ok(msg) => match self.direct(msg).map_err(|Gone| Refused::Gone)? {
+                Some(msg) => msg.raw,
+                None => return Ok(()),
+            },
+            Err(_) => raw,
+        };
+        self.link.ordered.fetch_add(1, Ordering::SeqCst);
+        self.queue.try_send(raw).map_err(|e| {
+            self.link.ordered.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                mpsc::error::TrySendError::Full(raw) => Refused::Full(raw),
+                mpsc::error::TrySendError::Closed(_) => Refused::Gone,
+            }
+        })
+    }
+
+    /// Starts a request's exchange when nothing queued must go before it; gives back what
+    /// must be queued.
+    fn direct(&self, msg: Message) -> Result<Option<Message>, Gone> {
+        if self.link.stop.is_cancelled() {
+            return Err(Gone);
+        }
+        if !msg.is_request() || self.link.ordered.load(Ordering::SeqCst) > 0 {
+            return Ok(Some(msg));
+        }
+        self.link.observe(&msg);
+        self.link.spawn_call(msg);
+        Ok(None)
     }
 }
 
@@ -127,6 +197,9 @@ pub(super) struct Link {
     /// the gateway's timeout).
     requests: Mutex<HashMap<Id, CancellationToken>>,
     next_internal: AtomicU64,
+    /// Messages queued for the link's task and not yet handled, plus one while the transport
+    /// is undecided (`sse_fallback`): requests go straight to a task of their own only at 0.
+    ordered: AtomicUsize,
     span: tracing::Span,
 }
 
@@ -147,7 +220,7 @@ impl Link {
             let Ok(msg) = Message::parse(&first) else { return };
             self.observe(&msg);
             if msg.method() == Some("initialize") && msg.is_request() {
-                if let Some(status) = self.call(&msg).await {
+                if let Some(status) = self.call(&msg, self.track(&msg)).await {
                     tracing::info!(parent: &self.span, %status, "The upstream refused a Streamable HTTP initialize; trying legacy HTTP+SSE.");
                     let stop = self.stop.clone();
                     legacy_sse::run(self.up.clone(), Some(first), rx, self.events.clone(), stop).await;
@@ -156,20 +229,38 @@ impl Link {
             } else {
                 self.dispatch(msg).await;
             }
+            // Streamable HTTP it is: the first message and the undecided transport.
+            self.ordered.fetch_sub(2, Ordering::SeqCst);
         }
         while let Some(raw) = self.recv(&mut rx).await {
-            let Ok(msg) = Message::parse(&raw) else { continue };
-            self.observe(&msg);
-            self.dispatch(msg).await;
+            if let Ok(msg) = Message::parse(&raw) {
+                self.observe(&msg);
+                self.dispatch(msg).await;
+            }
+            self.ordered.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// Runs a request's exchange in a task of its own; it is cancellable from now on.
+    fn spawn_call(self: &Arc<Self>, msg: Message) {
+        let cancel = self.track(&msg);
+        let link = self.clone();
+        self.tasks.spawn(async move {
+            link.call(&msg, cancel).await;
+        });
+    }
+
+    /// Registers a request in flight: `notifications/cancelled` for its id cancels the token.
+    fn track(&self, msg: &Message) -> CancellationToken {
+        let cancel = self.stop.child_token();
+        let id = msg.id.clone().expect("requests have ids");
+        self.requests().insert(id, cancel.clone());
+        cancel
     }
 
     async fn dispatch(self: &Arc<Self>, msg: Message) {
         if msg.is_request() {
-            let link = self.clone();
-            self.tasks.spawn(async move {
-                link.call(&msg).await;
-            });
+            self.spawn_call(msg);
             return;
         }
         // Inline, so the upstream sees notifications and responses in client order
@@ -227,11 +318,9 @@ impl Link {
     /// POSTs a client request and sees it answered: retried once on a re-initialized session
     /// when the upstream refused the POST itself for a forgotten session. Returns the status
     /// when an `initialize` was refused at the transport level.
-    async fn call(self: &Arc<Self>, msg: &Message) -> Option<StatusCode> {
+    async fn call(self: &Arc<Self>, msg: &Message, cancel: CancellationToken) -> Option<StatusCode> {
         let id = msg.id.as_ref().expect("requests have ids");
         let init = msg.method() == Some("initialize");
-        let cancel = self.stop.child_token();
-        self.requests().insert(id.clone(), cancel.clone());
         let mut retried = false;
         let refused = loop {
             match self.exchange(&msg.raw, Purpose::Client(Some(id)), init, &cancel).await {

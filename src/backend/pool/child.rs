@@ -83,7 +83,7 @@ async fn initialize(shared: &Shared, tx: &Outbox, events: &mut mpsc::Receiver<Ev
     let answer = async {
         loop {
             match events.recv().await {
-                Some(Event::Message(line)) => {
+                Some(Event::Message(line) | Event::Parsed(Message { raw: line, .. })) => {
                     let Ok(m) = Message::parse(&line) else { continue };
                     if m.id.as_ref().is_some_and(|id| id.as_json() == "\"mcp-edge.initialize\"") {
                         return crate::protocol::initialize_result(&line)
@@ -127,7 +127,7 @@ async fn route(shared: &Arc<Shared>, slot: &Arc<Slot>, events: &mut mpsc::Receiv
             _ = shared.stop.cancelled() => return "the gateway is shutting down".into(),
         };
         match event {
-            Some(Event::Message(line)) => on_child(shared, slot, line),
+            Some(Event::Message(line) | Event::Parsed(Message { raw: line, .. })) => on_child(shared, slot, line),
             Some(Event::Closed(why) | Event::SessionLost(why)) => return why,
             None => return "the child is gone".into(),
         }

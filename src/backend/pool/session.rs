@@ -50,12 +50,19 @@ impl Port {
     /// Routes one message of the session. Waits only for the pool to be ready (`initialize`),
     /// which changes nothing until it is over.
     pub(crate) async fn send(&self, raw: Bytes) -> Result<(), Gone> {
+        match Message::parse(&raw) {
+            Ok(msg) => self.route(msg).await,
+            Err(_) if self.closed() => Err(Gone),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// [`Port::send`] for a message already parsed, on one line.
+    pub(crate) async fn route(&self, msg: Message) -> Result<(), Gone> {
         if self.closed() {
             return Err(Gone);
         }
-        if let Ok(msg) = Message::parse(&raw) {
-            on_client(&self.shared, &self.entry, msg).await;
-        }
+        on_client(&self.shared, &self.entry, msg).await;
         Ok(())
     }
 

@@ -45,6 +45,8 @@ impl ExampleHttp {
 /// One request the proxy saw.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// When the request arrived.
+    pub at: std::time::Instant,
     pub method: Method,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -171,7 +173,12 @@ async fn proxy(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let seen = Seen { method: parts.method.clone(), headers: parts.headers.clone(), body: body.clone() };
+    let seen = Seen {
+        at: std::time::Instant::now(),
+        method: parts.method.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    };
     let is_init = seen.rpc_method().as_deref() == Some("initialize");
     f.seen.lock().unwrap().push(seen);
     let delay = f.delay_ms.load(Ordering::SeqCst);
