@@ -38,7 +38,8 @@ pub fn classify(version_header: Option<&str>, first: &Message) -> Era {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    let Some(first) = needle.first() else { return true };
+    hay.windows(needle.len()).any(|w| w[0] == *first && w == needle)
 }
 
 pub fn is_supported(version: &str) -> bool {

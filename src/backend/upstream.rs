@@ -77,12 +77,18 @@ impl Upstream {
         accept: &'static str,
         body: Option<Bytes>,
     ) -> Request<Full<Bytes>> {
-        let mut b = Request::builder().method(method).uri(uri.clone()).header(ACCEPT, accept);
-        if body.is_some() {
-            b = b.header(CONTENT_TYPE, "application/json");
+        let json = body.is_some();
+        let mut req = Request::new(Full::new(body.unwrap_or_default()));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri.clone();
+        let headers = req.headers_mut();
+        headers.insert(ACCEPT, HeaderValue::from_static(accept));
+        if json {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        let mut req = b.body(Full::new(body.unwrap_or_default())).expect("a valid request");
-        req.headers_mut().extend(self.headers.clone());
+        if !self.headers.is_empty() {
+            headers.extend(self.headers.clone());
+        }
         req
     }
 

@@ -49,9 +49,9 @@ impl OriginGuard {
         if self.loopback_bind {
             let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(uri_host);
             if let Some(host) = host {
-                let lower = host.to_ascii_lowercase();
-                let ok = is_loopback_host(host_part(&lower))
-                    || self.allowed_hosts.iter().any(|a| *a == lower || a == host_part(&lower));
+                let part = host_part(host);
+                let ok = is_loopback_host(part)
+                    || self.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(part));
                 if !ok {
                     return Err(GatewayError::HostForbidden(host.into()));
                 }
@@ -104,6 +104,9 @@ mod tests {
         };
         let g = OriginGuard::new(&c);
         assert!(g.check(&headers(&[("host", "mcp.internal:8080")]), None).is_ok());
+        assert!(g.check(&headers(&[("host", "MCP.Internal")]), None).is_ok(), "host names ignore case");
+        assert!(g.check(&headers(&[("host", "[::1]:8080")]), None).is_ok());
+        assert!(g.check(&headers(&[("host", "mcp.internal.evil:8080")]), None).is_err());
         assert!(g.check(&headers(&[("host", "localhost"), ("origin", "https://app.example.com")]), None).is_ok());
         c.listen = "0.0.0.0:8080".parse().unwrap();
         assert!(OriginGuard::new(&c).check(&headers(&[("host", "anything.example")]), None).is_ok());

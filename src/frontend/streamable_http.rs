@@ -64,9 +64,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 pub(super) fn accepts(headers: &HeaderMap, mime: &str) -> bool {
     let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
     headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',')
-            .map(|item| item.split(';').next().unwrap_or("").trim())
-            .any(|m| m.eq_ignore_ascii_case(mime) || m == "*/*" || m.eq_ignore_ascii_case(&format!("{kind}/*")))
+        v.split(',').map(|item| item.split(';').next().unwrap_or("").trim()).any(|m| {
+            m.eq_ignore_ascii_case(mime)
+                || m == "*/*"
+                || m.split_once('/').is_some_and(|(k, sub)| sub == "*" && k.eq_ignore_ascii_case(kind))
+        })
     })
 }
 
@@ -444,5 +446,11 @@ mod tests {
         h.insert("accept", "*/*".parse().unwrap());
         assert!(accepts(&h, "text/event-stream"));
         assert!(!accepts(&HeaderMap::new(), "application/json"));
+        h.insert("accept", "Application/*, TEXT/*;q=0.5".parse().unwrap());
+        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"), "type wildcards");
+        h.insert("accept", "text/*".parse().unwrap());
+        assert!(!accepts(&h, "application/json"), "a wildcard covers its own type only");
+        h.insert("accept", "application/json-seq".parse().unwrap());
+        assert!(!accepts(&h, "application/json"));
     }
 }

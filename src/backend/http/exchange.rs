@@ -174,7 +174,7 @@ impl Link {
         };
         if answers && init {
             if let Some((version, _)) = crate::protocol::initialize_result(&data) {
-                self.lock().version = Some(version);
+                self.lock().version = HeaderValue::from_str(&version).ok();
             }
         }
         if let (true, Purpose::Internal(_)) = (answers, purpose) {

@@ -164,7 +164,8 @@ struct State {
     session: Option<HeaderValue>,
     /// Bumped by every re-initialization; a lost session is re-initialized once per generation.
     generation: u64,
-    version: Option<String>,
+    /// The negotiated protocol version, as the header that carries it.
+    version: Option<HeaderValue>,
     /// The client's `initialize` params, replayed to re-initialize.
     initialize: Option<Box<serde_json::value::RawValue>>,
     /// The params of the client's last `logging/setLevel`.
@@ -179,7 +180,7 @@ struct State {
 #[derive(Clone)]
 struct Snapshot {
     session: Option<HeaderValue>,
-    version: Option<String>,
+    version: Option<HeaderValue>,
     generation: u64,
 }
 
@@ -572,8 +573,8 @@ fn set_session(req: &mut Request<Full<Bytes>>, snap: &Snapshot) {
     if let Some(s) = &snap.session {
         req.headers_mut().insert(SESSION_HEADER, s.clone());
     }
-    if let Some(v) = snap.version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-        req.headers_mut().insert(VERSION_HEADER, v);
+    if let Some(v) = &snap.version {
+        req.headers_mut().insert(VERSION_HEADER, v.clone());
     }
 }
 
