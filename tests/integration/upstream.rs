@@ -25,6 +25,17 @@ async fn gateway_for(url: &str) -> TestGateway {
     TestGateway::start(upstream_config(&format!("kind = \"http\"\nurl = \"{url}\""))).await
 }
 
+/// The example server behind the fault-injecting proxy, a gateway in front of that, and a
+/// client initialized at `version` (the server and the gateway live as long as the tuple).
+async fn through_chaos(version: &str) -> (ExampleHttp, Chaos, TestGateway, Client) {
+    let example = ExampleHttp::start().await;
+    let chaos = Chaos::start(&example.url).await;
+    let gw = gateway_for(&chaos.url).await;
+    let mut c = gw.client();
+    c.initialize(version).await;
+    (example, chaos, gw, c)
+}
+
 /// All SSE events of a POST answer, to the end of the stream.
 async fn all_events(c: &Client, body: Value) -> Vec<Value> {
     let resp = c.post(&body).await;
@@ -152,11 +163,7 @@ async fn the_clients_credentials_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn a_broken_upstream_stream_is_resumed_with_nothing_lost_or_twice() {
-    let example = ExampleHttp::start().await;
-    let chaos = Chaos::start(&example.url).await;
-    let gw = gateway_for(&chaos.url).await;
-    let mut c = gw.client();
-    c.initialize("2025-11-25").await;
+    let (_example, chaos, _gw, c) = through_chaos("2025-11-25").await;
     // The upstream's answer breaks after the priming event and two progress notifications.
     chaos.cut_next_stream_after(3);
     let events = all_events(
@@ -179,11 +186,7 @@ async fn a_broken_upstream_stream_is_resumed_with_nothing_lost_or_twice() {
 #[tokio::test]
 async fn a_forgotten_upstream_session_is_reinitialized_with_its_state() {
     for status in [404, 400] {
-        let example = ExampleHttp::start().await;
-        let chaos = Chaos::start(&example.url).await;
-        let gw = gateway_for(&chaos.url).await;
-        let mut c = gw.client();
-        c.initialize("2025-06-18").await;
+        let (_example, chaos, _gw, c) = through_chaos("2025-06-18").await;
         c.request("logging/setLevel", json!({"level": "warning"})).await;
         c.request("resources/subscribe", json!({"uri": "test://watched-resource"})).await;
         let before = chaos.methods().len();
@@ -213,11 +216,7 @@ async fn a_forgotten_upstream_session_is_reinitialized_with_its_state() {
 
 #[tokio::test]
 async fn when_the_upstream_cannot_be_reinitialized_the_client_gets_a_clean_404() {
-    let example = ExampleHttp::start().await;
-    let chaos = Chaos::start(&example.url).await;
-    let gw = gateway_for(&chaos.url).await;
-    let mut c = gw.client();
-    c.initialize("2025-06-18").await;
+    let (_example, chaos, _gw, mut c) = through_chaos("2025-06-18").await;
     chaos.forget_sessions(404);
     chaos.refuse_initialize(true);
     let resp = c
@@ -279,11 +278,7 @@ async fn a_slow_upstream_times_out_and_the_session_goes_on() {
 
 #[tokio::test]
 async fn a_request_never_overtakes_a_notification_sent_before_it() {
-    let example = ExampleHttp::start().await;
-    let chaos = Chaos::start(&example.url).await;
-    let gw = gateway_for(&chaos.url).await;
-    let mut c = gw.client();
-    c.initialize("2025-06-18").await;
+    let (_example, chaos, _gw, c) = through_chaos("2025-06-18").await;
     let slow = Duration::from_millis(300);
     chaos.delay(slow);
     let notification = json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"});
@@ -375,11 +370,7 @@ async fn an_upstream_that_refuses_get_with_404_is_not_reinitialized_over_and_ove
 
 #[tokio::test]
 async fn a_w3c_traceparent_reaches_the_backend_in_params_meta() {
-    let example = ExampleHttp::start().await;
-    let chaos = Chaos::start(&example.url).await;
-    let gw = gateway_for(&chaos.url).await;
-    let mut c = gw.client();
-    c.initialize("2025-06-18").await;
+    let (_example, chaos, _gw, c) = through_chaos("2025-06-18").await;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let resp = c
         .post_with(
