@@ -85,6 +85,18 @@ fn check(m: &Message, batch: bool) {
         }
     }
 
+    // A response under the client's own id again (a pool): the message it claims to be is
+    // what its bytes parse to.
+    let client_id =
+        Message::parse(&Bytes::from_static(br#"{"jsonrpc":"2.0","id":"c-1","result":{}}"#)).ok().and_then(|r| r.id);
+    for id in [Some(Id::number(7)), client_id].into_iter().flatten() {
+        if let Some(answer) = m.answering(&id) {
+            let again = reparse(&answer.raw, "answering");
+            assert!(fields(&again) == fields(&answer), "answering: {answer:?} vs {again:?}");
+            assert_eq!(answer.id.as_ref(), Some(&id));
+        }
+    }
+
     // An event id spliced into `_meta` (what a resuming WebSocket client gets): the envelope
     // stays, and the key lands in `params` of a request or notification, `result` of a result.
     if let Some(out) = std::str::from_utf8(&m.raw)

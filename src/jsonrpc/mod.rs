@@ -427,6 +427,29 @@ impl Message {
         single_line(&self.raw)
     }
 
+    /// This response under another id (a pool gives the client its own id back): only the
+    /// `id` member changes ([`rewrite::with_id`]), so nothing needs parsing again. `None` for
+    /// requests and notifications.
+    pub fn answering(&self, id: &Id) -> Option<Message> {
+        if !self.is_response() {
+            return None;
+        }
+        let raw = rewrite::with_id(&self.raw, id.as_json())?;
+        Some(Message { raw, id: Some(id.clone()), ..self.clone() })
+    }
+
+    /// A result response the gateway makes itself; `result` is JSON text.
+    pub fn result(id: &Id, result: &str) -> Message {
+        Message {
+            raw: Bytes::from(format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, id.as_json())),
+            kind: Kind::Result,
+            id: Some(id.clone()),
+            method: None,
+            progress_token: None,
+            cancelled_id: None,
+        }
+    }
+
     /// The message with its raw bytes on one line: line breaks in valid JSON are whitespace
     /// between tokens, so what was parsed stays as it is.
     pub fn on_one_line(&self) -> Message {
@@ -473,6 +496,22 @@ pub fn cancelled_notification(id: &Id, reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_answers_under_another_id_without_parsing_again() {
+        let parse = |s: &'static [u8]| Message::parse(&Bytes::from_static(s)).unwrap();
+        let answer = parse(br#"{"jsonrpc":"2.0","id":41,"result":{"ok":true}}"#);
+        let client_id = parse(br#"{"jsonrpc":"2.0","id":"a\u0062","method":"x"}"#).id.unwrap();
+        let restored = answer.answering(&client_id).unwrap();
+        assert_eq!(&restored.raw[..], br#"{"jsonrpc":"2.0","id":"ab","result":{"ok":true}}"#);
+        let again = Message::parse(&restored.raw).unwrap();
+        assert_eq!((again.kind, again.id), (restored.kind, restored.id));
+        assert!(parse(br#"{"jsonrpc":"2.0","id":1,"method":"x"}"#).answering(&client_id).is_none());
+
+        let made = Message::result(&Id::number(3), r#"{"tools":[]}"#);
+        let again = Message::parse(&made.raw).unwrap();
+        assert_eq!((again.kind, &again.id, again.method()), (made.kind, &made.id, made.method()));
+    }
 
     #[test]
     fn the_one_pass_parse_answers_as_the_two_step_parse_does() {

@@ -148,19 +148,19 @@ fn on_child(shared: &Arc<Shared>, slot: &Arc<Slot>, line: Bytes) {
                 .and_then(|u| Shared::lock(&shared.subscriptions).get(&u).map(|(set, _)| set.iter().copied().collect()))
                 .unwrap_or_default();
             for key in subscribers {
-                shared.deliver(key, line.clone());
+                shared.deliver(key, Event::Message(line.clone()));
             }
         }
         (Kind::Notification, Some(m)) if m.ends_with("/list_changed") => {
             let all: Vec<u64> = Shared::lock(&shared.sessions).keys().copied().collect();
             for key in all {
-                shared.deliver(key, line.clone());
+                shared.deliver(key, Event::Message(line.clone()));
             }
         }
         (Kind::Notification, _) => {
             // Log messages and the like: to the one session with calls here, else nowhere.
             if let Some(key) = sole_session(slot) {
-                shared.deliver(key, line);
+                shared.deliver(key, Event::Message(line));
             }
         }
         (Kind::Request, _) => ask(shared, slot, &msg),
@@ -174,8 +174,8 @@ fn response(shared: &Arc<Shared>, slot: &Slot, msg: &Message) {
     if let Some(entry) = shared.session(p.session) {
         Shared::lock(&entry.outgoing).remove(&p.id);
     }
-    if let Some(b) = with_id(&msg.raw, p.id.as_json()) {
-        shared.deliver(p.session, b);
+    if let Some(answer) = msg.answering(&p.id) {
+        shared.deliver(p.session, Event::Parsed(answer));
     }
 }
 
@@ -184,7 +184,7 @@ fn progress(shared: &Arc<Shared>, slot: &Slot, msg: &Message) {
     let owner = Shared::lock(&slot.routes).tokens.get(token.as_json()).cloned();
     let Some((key, own)) = owner else { return };
     if let Some(b) = with_param(&msg.raw, &["progressToken"], own.as_json()) {
-        shared.deliver(key, b);
+        shared.deliver(key, Event::Message(b));
     }
 }
 
@@ -205,7 +205,7 @@ fn ask(shared: &Arc<Shared>, slot: &Slot, msg: &Message) {
     let seen = format!("\"mcp-edge.pool.{}\"", ASKED.fetch_add(1, Ordering::Relaxed));
     Shared::lock(&entry.asked).insert(seen.clone(), (slot.index, id));
     if let Some(b) = with_id(&msg.raw, &seen) {
-        shared.deliver(entry.key, b);
+        shared.deliver(entry.key, Event::Message(b));
     }
 }
 
@@ -229,6 +229,6 @@ fn fail_in_flight(shared: &Arc<Shared>, slot: &Slot, why: &str) {
         if let Some(entry) = shared.session(p.session) {
             Shared::lock(&entry.outgoing).remove(&p.id);
         }
-        shared.deliver(p.session, err.to_rpc(Some(&p.id)));
+        shared.deliver(p.session, Event::Message(err.to_rpc(Some(&p.id))));
     }
 }

@@ -175,10 +175,10 @@ impl Shared {
 
     /// Hands a message to a session without ever waiting: a session whose queue is full is
     /// ended (its last free place carries the reason), so a shared child is never paused.
-    fn deliver(self: &Arc<Self>, key: u64, data: Bytes) {
+    fn deliver(self: &Arc<Self>, key: u64, event: Event) {
         let Some(s) = self.session(key) else { return };
         if s.events.capacity() > 1 {
-            let _ = s.events.try_send(Event::Message(data));
+            let _ = s.events.try_send(event);
             return;
         }
         let why = format!(

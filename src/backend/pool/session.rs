@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Pending, SessionEntry, Shared, Slot};
-use crate::backend::{Connection, Context, Gone, Outbox, Refused, Stopper};
+use crate::backend::{Connection, Context, Event, Gone, Outbox, Refused, Stopper};
 use crate::error::GatewayError;
 use crate::jsonrpc::rewrite::{with_id, with_param};
 use crate::jsonrpc::{Id, Kind, Message};
@@ -244,7 +244,7 @@ fn answer(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message) {
 
 fn reply(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message, result: &str) {
     let Some(id) = &msg.id else { return };
-    shared.deliver(entry.key, Bytes::from(format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, id.as_json())));
+    shared.deliver(entry.key, Event::Parsed(Message::result(id, result)));
 }
 
 fn fail(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, id: Option<&Id>, err: &GatewayError) {
@@ -252,5 +252,5 @@ fn fail(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, id: Option<&Id>, err: &
         return;
     }
     tracing::info!(backend.name = %shared.name, "{err}");
-    shared.deliver(entry.key, err.to_rpc(id));
+    shared.deliver(entry.key, Event::Message(err.to_rpc(id)));
 }
