@@ -28,8 +28,9 @@ pub enum Event {
     /// One JSON-RPC message from the server, as a single line without the newline.
     Message(Bytes),
     /// One JSON-RPC message the backend had to parse itself (to see whether it answers a
-    /// request it waits for), handed on parsed.
-    Parsed(Message),
+    /// request it waits for), handed on parsed. Boxed: every session's event queue has a slot
+    /// per message, and a message is three times the size of its bytes.
+    Parsed(Box<Message>),
     /// The server is gone or broke the protocol; nothing more will arrive.
     Closed(String),
     /// The server forgot this client's session and it could not be restored: the client

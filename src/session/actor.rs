@@ -179,7 +179,7 @@ impl Actor {
                 },
                 e = events.recv(), if reading => match e {
                     Some(Event::Message(line)) => self.on_backend_line(line),
-                    Some(Event::Parsed(msg)) => self.on_backend(msg),
+                    Some(Event::Parsed(msg)) => self.on_backend(*msg),
                     Some(Event::Closed(why)) => break EndReason::BackendClosed(why),
                     Some(Event::SessionLost(why)) => break EndReason::UpstreamLost(why),
                     None => break EndReason::BackendClosed("backend connection lost".into()),

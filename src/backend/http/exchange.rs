@@ -180,7 +180,7 @@ impl Link {
         if let (true, Purpose::Internal(_)) = (answers, purpose) {
             return Outcome::Answer(data);
         }
-        let _ = self.events.send(Event::Parsed(msg)).await;
+        let _ = self.events.send(Event::Parsed(Box::new(msg))).await;
         if answers {
             Outcome::Done
         } else {

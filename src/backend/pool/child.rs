@@ -82,17 +82,17 @@ async fn initialize(shared: &Shared, tx: &Outbox, events: &mut mpsc::Receiver<Ev
     tx.send(Bytes::from(init.to_string())).await.map_err(|_| "the child closed its stdin")?;
     let answer = async {
         loop {
-            match events.recv().await {
-                Some(Event::Message(line) | Event::Parsed(Message { raw: line, .. })) => {
-                    let Ok(m) = Message::parse(&line) else { continue };
-                    if m.id.as_ref().is_some_and(|id| id.as_json() == "\"mcp-edge.initialize\"") {
-                        return crate::protocol::initialize_result(&line)
-                            .map(|(_, result)| result)
-                            .ok_or_else(|| format!("initialize failed: {}", String::from_utf8_lossy(&line)));
-                    }
-                }
+            let line = match events.recv().await {
+                Some(Event::Message(line)) => line,
+                Some(Event::Parsed(msg)) => msg.raw,
                 Some(Event::Closed(why) | Event::SessionLost(why)) => return Err(why),
                 None => return Err("the child is gone".into()),
+            };
+            let Ok(m) = Message::parse(&line) else { continue };
+            if m.id.as_ref().is_some_and(|id| id.as_json() == "\"mcp-edge.initialize\"") {
+                return crate::protocol::initialize_result(&line)
+                    .map(|(_, result)| result)
+                    .ok_or_else(|| format!("initialize failed: {}", String::from_utf8_lossy(&line)));
             }
         }
     };
@@ -127,7 +127,8 @@ async fn route(shared: &Arc<Shared>, slot: &Arc<Slot>, events: &mut mpsc::Receiv
             _ = shared.stop.cancelled() => return "the gateway is shutting down".into(),
         };
         match event {
-            Some(Event::Message(line) | Event::Parsed(Message { raw: line, .. })) => on_child(shared, slot, line),
+            Some(Event::Message(line)) => on_child(shared, slot, line),
+            Some(Event::Parsed(msg)) => on_child(shared, slot, msg.raw),
             Some(Event::Closed(why) | Event::SessionLost(why)) => return why,
             None => return "the child is gone".into(),
         }
@@ -175,7 +176,7 @@ fn response(shared: &Arc<Shared>, slot: &Slot, msg: &Message) {
         Shared::lock(&entry.outgoing).remove(&p.id);
     }
     if let Some(answer) = msg.answering(&p.id) {
-        shared.deliver(p.session, Event::Parsed(answer));
+        shared.deliver(p.session, Event::Parsed(Box::new(answer)));
     }
 }
 

@@ -244,7 +244,7 @@ fn answer(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message) {
 
 fn reply(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message, result: &str) {
     let Some(id) = &msg.id else { return };
-    shared.deliver(entry.key, Event::Parsed(Message::result(id, result)));
+    shared.deliver(entry.key, Event::Parsed(Box::new(Message::result(id, result))));
 }
 
 fn fail(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, id: Option<&Id>, err: &GatewayError) {
