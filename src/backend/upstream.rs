@@ -21,8 +21,8 @@ use crate::config::{HeaderValueSource, TlsClientConfig, UpstreamConfig};
 use crate::metrics::BackendMetrics;
 use crate::retry::{Attempts, Backoff};
 
-pub const SESSION_HEADER: &str = "mcp-session-id";
-pub const VERSION_HEADER: &str = "mcp-protocol-version";
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+pub const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
 /// How long idle pooled connections to an upstream are kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Longest part of an upstream's error body quoted to the client.

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
@@ -25,8 +25,11 @@ use crate::jsonrpc::{Body as RpcBody, Id, Kind, Message, ParseError};
 use crate::protocol::{self, Era};
 use crate::session::{Attach, Delivery, EndReason, Frame, Opened, SessionHandle, Sink, Target, Transport};
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const VERSION_HEADER: &str = "mcp-protocol-version";
+// Names as `HeaderName`s: a lookup by `&str` parses the name again on every request.
+const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Serves one HTTP request on a route path (Origin and Host already checked).
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
@@ -72,7 +75,7 @@ pub(super) fn accepts(headers: &HeaderMap, mime: &str) -> bool {
     })
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -91,7 +94,7 @@ fn session(app: &App, route: &str, caller: &Caller, headers: &HeaderMap) -> Resu
 
 /// Whether the Content-Type is `application/json` (parameters aside).
 pub(super) fn is_json(headers: &HeaderMap) -> bool {
-    header(headers, "content-type")
+    header(headers, http::header::CONTENT_TYPE)
         .and_then(|v| v.split(';').next())
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
@@ -107,7 +110,7 @@ pub(super) fn parse_body(bytes: &Bytes) -> Result<RpcBody, GatewayError> {
 pub(super) async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, GatewayError> {
     let limit = app.served().config.server.max_body_bytes;
     let too_large = GatewayError::BodyTooLarge(limit);
-    let declared = header(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    let declared = header(headers, http::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large);
     }
@@ -222,10 +225,10 @@ async fn post(
 /// A W3C `traceparent` (and `tracestate`) header is passed to the backend in the
 /// `params._meta` of each request and notification that does not carry its own.
 pub(super) fn with_trace_context(headers: &HeaderMap, msgs: Vec<Message>) -> Vec<Message> {
-    let Some(parent) = header(headers, "traceparent").filter(|v| crate::jsonrpc::valid_traceparent(v)) else {
+    let Some(parent) = header(headers, TRACEPARENT).filter(|v| crate::jsonrpc::valid_traceparent(v)) else {
         return msgs;
     };
-    let state = header(headers, "tracestate").filter(|v| v.len() <= 512 && v.is_ascii());
+    let state = header(headers, TRACESTATE).filter(|v| v.len() <= 512 && v.is_ascii());
     msgs.into_iter()
         .map(|m| {
             let m = m.with_meta("traceparent", parent);
