@@ -117,14 +117,6 @@ impl Port {
         }
     }
 
-    async fn enqueue(&self, raw: Bytes) -> Result<(), Gone> {
-        self.link.ordered.fetch_add(1, Ordering::SeqCst);
-        self.queue.send(raw).await.map_err(|_| {
-            self.link.ordered.fetch_sub(1, Ordering::SeqCst);
-            Gone
-        })
-    }
-
     pub(crate) fn try_send(&self, raw: Bytes) -> Result<(), Refused> {
         let raw = match Message::parse(&raw) {
             Ok(msg) => match self.direct(msg).map_err(|Gone| Refused::Gone)? {
@@ -133,14 +125,25 @@ impl Port {
             },
             Err(_) => raw,
         };
+        let permit = match self.queue.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => return Err(Refused::Full(raw)),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(Refused::Gone),
+        };
+        self.put(permit, raw);
+        Ok(())
+    }
+
+    async fn enqueue(&self, raw: Bytes) -> Result<(), Gone> {
+        let permit = self.queue.reserve().await.map_err(|_| Gone)?;
+        self.put(permit, raw);
+        Ok(())
+    }
+
+    /// Queues a message for the link's task, counted in `ordered` until the task handled it.
+    fn put(&self, permit: mpsc::Permit<'_, Bytes>, raw: Bytes) {
         self.link.ordered.fetch_add(1, Ordering::SeqCst);
-        self.queue.try_send(raw).map_err(|e| {
-            self.link.ordered.fetch_sub(1, Ordering::SeqCst);
-            match e {
-                mpsc::error::TrySendError::Full(raw) => Refused::Full(raw),
-                mpsc::error::TrySendError::Closed(_) => Refused::Gone,
-            }
-        })
+        permit.send(raw);
     }
 
     /// Starts a request's exchange when nothing queued must go before it; gives back what
