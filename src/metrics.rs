@@ -60,6 +60,7 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub upstream_resumes: IntCounterVec,
     pub upstream_reinitializations: IntCounterVec,
+    pub upstream_connections: IntGaugeVec,
     pub pool_queue_depth: IntGaugeVec,
     pub pool_queue_wait: HistogramVec,
     pub bytes_received: IntCounterVec,
@@ -173,6 +174,12 @@ impl Metrics {
                 "Upstream sessions re-initialized after the upstream forgot them.",
                 &["backend"],
             ),
+            upstream_connections: gauge(
+                r,
+                "upstream_connections",
+                "Open TCP connections to HTTP upstreams, idle ones included.",
+                &["backend"],
+            ),
             pool_queue_depth: gauge(r, "pool_queue_depth", "Requests waiting for a pool child with room.", &["backend"]),
             pool_queue_wait,
             bytes_received: counter(r, "received_bytes_total", "JSON-RPC bytes received from clients.", &["transport"]),
@@ -207,6 +214,7 @@ pub struct BackendMetrics {
     pub upstream_errors: IntCounter,
     pub upstream_resumes: IntCounter,
     pub upstream_reinitializations: IntCounter,
+    pub upstream_connections: IntGauge,
     pub pool_queue_depth: IntGauge,
     pub pool_queue_wait: prometheus::Histogram,
 }
@@ -229,6 +237,7 @@ impl Metrics {
             upstream_errors: self.upstream_errors.with_label_values(l),
             upstream_resumes: self.upstream_resumes.with_label_values(l),
             upstream_reinitializations: self.upstream_reinitializations.with_label_values(l),
+            upstream_connections: self.upstream_connections.with_label_values(l),
             pool_queue_depth: self.pool_queue_depth.with_label_values(l),
             pool_queue_wait: self.pool_queue_wait.with_label_values(l),
         }

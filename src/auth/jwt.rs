@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::Principal;
-use crate::backend::upstream::HttpClient;
+use crate::backend::upstream::Connections;
 use crate::config::JwtConfig;
 
 /// Shortest time between two fetches of a JWKS URL caused by unknown key ids.
@@ -40,7 +40,7 @@ struct Key {
 
 enum Source {
     File(PathBuf),
-    Url { url: Uri, client: Box<HttpClient> },
+    Url { url: Uri, connections: Arc<Connections> },
 }
 
 struct Shared {
@@ -103,13 +103,13 @@ impl Shared {
             Source::File(path) => {
                 tokio::fs::read(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?.into()
             }
-            Source::Url { url, client } => {
+            Source::Url { url, connections } => {
                 let req = http::Request::get(url.clone())
                     .header(http::header::ACCEPT, "application/json")
                     .body(Full::new(Bytes::new()))
                     .expect("a valid request");
                 let fetch = async {
-                    let resp = client.request(req).await.map_err(|e| format!("cannot fetch the JWKS: {e}"))?;
+                    let resp = connections.send(req).await.map_err(|e| format!("cannot fetch the JWKS: {e}"))?;
                     if !resp.status().is_success() {
                         return Err(format!("the JWKS URL answered {}", resp.status()));
                     }
@@ -159,8 +159,12 @@ impl JwtVerifier {
             }
             (None, Some(url)) => {
                 let url: Uri = url.parse().map_err(|e| format!("`jwks_url`: {e}"))?;
-                let client = crate::backend::upstream::http_client(&Default::default(), &url, FETCH_TIMEOUT, false)?;
-                (Source::Url { url, client: Box::new(client) }, Vec::new())
+                // Not exported: a JWKS fetch holds a connection for moments, not for sessions.
+                let open = prometheus::IntGauge::new("jwks_connections", "Open connections to the JWKS URL.")
+                    .expect("a valid gauge");
+                let connections =
+                    crate::backend::upstream::connections(&Default::default(), &url, FETCH_TIMEOUT, false, open)?;
+                (Source::Url { url, connections }, Vec::new())
             }
             (None, None) => return Err("set `jwks_file` or `jwks_url`".into()),
         };

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::event_stream::{Decoder, SseEvent};
-use super::upstream::{media_type, read_body, snippet, Upstream};
+use super::upstream::{media_type, read_body, snippet, Body, Upstream};
 use super::{Connection, Context, Event, Stopper};
 use crate::error::GatewayError;
 use crate::jsonrpc::Message;
@@ -111,7 +110,7 @@ async fn link(
 }
 
 /// Reads events until the `endpoint` one: its data, and the events that came with it.
-async fn endpoint(body: &mut Incoming, decoder: &mut Decoder) -> Result<(String, Vec<SseEvent>), String> {
+async fn endpoint(body: &mut Body, decoder: &mut Decoder) -> Result<(String, Vec<SseEvent>), String> {
     loop {
         let chunk = match body.frame().await {
             Some(Ok(f)) => f.into_data().unwrap_or_default(),
@@ -127,7 +126,7 @@ async fn endpoint(body: &mut Incoming, decoder: &mut Decoder) -> Result<(String,
 }
 
 /// Forwards `message` events to the session until the stream ends.
-async fn read(mut body: Incoming, mut decoder: Decoder, events: &mpsc::Sender<Event>) -> Result<(), String> {
+async fn read(mut body: Body, mut decoder: Decoder, events: &mpsc::Sender<Event>) -> Result<(), String> {
     loop {
         let chunk = match body.frame().await {
             Some(Ok(f)) => f.into_data().unwrap_or_default(),

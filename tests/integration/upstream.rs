@@ -8,7 +8,7 @@ use mcp_edge::config::{BackendConfig, Config};
 use serde_json::{json, Value};
 
 use crate::common::upstream::{refused_url, Chaos, ExampleHttp};
-use crate::common::{default_config, eventually, ws, Client, TestGateway};
+use crate::common::{default_config, eventually, eventually_async, ws, Client, TestGateway};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -405,4 +405,32 @@ async fn the_derived_connection_cap_counts_a_session_s_upstream_connection() {
     let h2 =
         TestGateway::start(upstream_config("kind = \"http\"\nurl = \"https://127.0.0.1:9/mcp\"\nhttp2 = true")).await;
     assert_eq!(cap(&h2).await, soft - 256, "one shared HTTP/2 connection costs no descriptor per session");
+}
+
+#[tokio::test]
+async fn calls_reuse_upstream_connections_and_outlive_the_upstream_closing_them() {
+    let (_example, chaos, gw, c) = through_chaos("2025-06-18").await;
+    let admin = gw.admin.expect("the admin listener is on");
+    let open = || async move {
+        crate::metrics::Metrics::scrape(admin).await.get("mcp_edge_upstream_connections", &[("backend", "example")])
+            as usize
+    };
+    for i in 0..20 {
+        let said = format!("call {i}");
+        assert_eq!(text(&c.call_tool("echo", json!({ "message": said })).await), said);
+    }
+    let accepted = chaos.accepted();
+    assert!(accepted <= 3, "one call after another reuses a connection; {accepted} were opened for 20 calls");
+    assert_eq!(open().await, accepted, "the gauge counts every connection the upstream accepted");
+    let host = chaos.url.trim_start_matches("http://").trim_end_matches("/mcp");
+    assert!(chaos.seen().iter().all(|s| s.headers.get("host").is_some_and(|h| h == host)), "HTTP/1.1 names the host");
+
+    // The upstream closes its connections, as a keep-alive timeout does between requests.
+    chaos.close_connections();
+    assert!(eventually_async(T, || async { open().await == 0 }).await, "the gateway notices");
+    for i in 0..5 {
+        let said = format!("again {i}");
+        assert_eq!(text(&c.call_tool("echo", json!({ "message": said })).await), said);
+    }
+    assert!(chaos.accepted() > accepted, "new connections replace the closed ones");
 }

@@ -4,12 +4,11 @@
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use super::{forgot_session, set_session, Link, ACCEPT_BOTH, ACCEPT_SSE, DEFAULT_RETRY, MAX_RETRY};
 use crate::backend::event_stream::Decoder;
-use crate::backend::upstream::{media_type, read_body, snippet, SESSION_HEADER};
+use crate::backend::upstream::{media_type, read_body, snippet, Body, SESSION_HEADER};
 use crate::backend::Event;
 use crate::jsonrpc::{Id, Kind, Message};
 
@@ -115,7 +114,7 @@ impl Link {
     /// session, a refused `initialize`, or a failure.
     async fn refusal(
         &self,
-        resp: http::Response<Incoming>,
+        resp: http::Response<Body>,
         purpose: Purpose<'_>,
         snap: &super::Snapshot,
         init: bool,
@@ -191,13 +190,7 @@ impl Link {
     /// Reads an SSE answer until the awaited response; a stream that breaks before it is
     /// resumed with `Last-Event-ID` when the upstream gave event ids — only what the upstream
     /// sends after the last complete event comes again, so nothing is lost or doubled.
-    async fn read_stream(
-        &self,
-        body: Incoming,
-        purpose: Purpose<'_>,
-        init: bool,
-        cancel: &CancellationToken,
-    ) -> Outcome {
+    async fn read_stream(&self, body: Body, purpose: Purpose<'_>, init: bool, cancel: &CancellationToken) -> Outcome {
         let mut decoder = Decoder::new(self.up.config.max_message_bytes);
         let mut body = Some(body);
         let mut failures = 0;
@@ -245,7 +238,7 @@ impl Link {
     }
 
     /// GET with `Last-Event-ID`: the rest of a broken stream (`None` when cancelled).
-    async fn resume(&self, last: &HeaderValue, cancel: &CancellationToken) -> Result<Option<Incoming>, String> {
+    async fn resume(&self, last: &HeaderValue, cancel: &CancellationToken) -> Result<Option<Body>, String> {
         let snap = self.snapshot();
         let build = || {
             let mut req = self.up.request(Method::GET, &self.up.url, ACCEPT_SSE, None);
@@ -269,7 +262,7 @@ impl Link {
     /// Reads one SSE body: `Some` once the exchange is over, `None` when the body ended first.
     pub(super) async fn pump(
         &self,
-        mut body: Incoming,
+        mut body: Body,
         decoder: &mut Decoder,
         purpose: Purpose<'_>,
         init: bool,

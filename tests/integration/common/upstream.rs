@@ -1,7 +1,8 @@
 //! Real upstreams for the HTTP backend tests: the example server serving Streamable HTTP
 //! in-process on port 0, and a fault-injecting proxy in front of it that the tests steer —
 //! it forgets sessions (404, or the 400 some servers send), cuts SSE answers after a number
-//! of events, answers slowly, refuses `initialize`, and records every request it saw.
+//! of events, answers slowly, refuses `initialize`, closes its connections, and records every
+//! request and connection it saw.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use hyper_util::client::legacy::Client as Http;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -78,6 +80,10 @@ pub struct Faults {
     get_404: AtomicBool,
     refuse_initialize: AtomicBool,
     pub seen: Mutex<Vec<Seen>>,
+    /// TCP connections accepted so far.
+    accepted: AtomicUsize,
+    /// Cancelled to close every open connection at once, without a word.
+    close: Mutex<CancellationToken>,
 }
 
 /// The fault-injecting proxy in front of an upstream.
@@ -102,15 +108,19 @@ impl Chaos {
                     a = listener.accept() => a.unwrap(),
                     _ = &mut rx => return,
                 };
+                f.accepted.fetch_add(1, Ordering::SeqCst);
+                let close = f.close.lock().unwrap().clone();
                 let (f, client, target) = (f.clone(), client.clone(), target.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (f, client, target) = (f.clone(), client.clone(), target.clone());
                         async move { Ok::<_, Infallible>(proxy(f, client, &target, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let serve =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    // Dropping the connection closes the socket mid-whatever, as a server's
+                    // keep-alive timeout does.
+                    let _ = close.run_until_cancelled(serve).await;
                 });
             }
         });
@@ -138,6 +148,16 @@ impl Chaos {
 
     pub fn refuse_initialize(&self, on: bool) {
         self.faults.refuse_initialize.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes every connection open now (new ones are served).
+    pub fn close_connections(&self) {
+        std::mem::take(&mut *self.faults.close.lock().unwrap()).cancel();
+    }
+
+    /// TCP connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.faults.accepted.load(Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {

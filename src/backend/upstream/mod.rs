@@ -1,6 +1,10 @@
-//! What every HTTP upstream shares: the pooled hyper client (HTTP/1.1 and HTTP/2 via ALPN,
-//! rustls with the `ring` provider), the configured headers, bounded body reads, and sending
-//! with connect retries. Knows nothing about MCP sessions.
+//! What every HTTP upstream shares: its open connections (HTTP/1.1 and HTTP/2 via ALPN,
+//! rustls with the `ring` provider; `connections`), the configured headers, bounded body
+//! reads, and sending with connect retries. Knows nothing about MCP sessions.
+
+mod connections;
+
+pub use connections::{Body, Connections};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +13,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -23,12 +23,8 @@ use crate::retry::{Attempts, Backoff};
 
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
-/// How long idle pooled connections to an upstream are kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Longest part of an upstream's error body quoted to the client.
 const SNIPPET: usize = 200;
-
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One configured upstream: where it is and how to reach it.
 pub struct Upstream {
@@ -37,7 +33,7 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// The configured headers, resolved once at start.
     headers: HeaderMap,
-    client: HttpClient,
+    connections: Arc<Connections>,
     pub metrics: BackendMetrics,
     /// Unusable while connects fail (`/readyz`).
     pub health: super::Health,
@@ -64,8 +60,17 @@ impl Upstream {
     pub fn new(name: &str, config: UpstreamConfig, metrics: BackendMetrics) -> Result<Upstream, String> {
         let url: Uri = config.url.parse().map_err(|e| format!("`url`: {e}"))?;
         let headers = resolve_headers(&config)?;
-        let client = http_client(&config.tls, &url, config.connect_timeout, config.http2)?;
-        Ok(Upstream { name: Arc::from(name), url, config, headers, client, metrics, health: super::Health::default() })
+        let open = metrics.upstream_connections.clone();
+        let connections = connections(&config.tls, &url, config.connect_timeout, config.http2, open)?;
+        Ok(Upstream {
+            name: Arc::from(name),
+            url,
+            config,
+            headers,
+            connections,
+            metrics,
+            health: super::Health::default(),
+        })
     }
 
     /// A request to `uri` with the configured headers. Never carries anything of the client's
@@ -94,16 +99,15 @@ impl Upstream {
 
     /// Sends a request, retrying connect failures (which never reached the upstream) with
     /// capped, jittered backoff until `connect_timeout` is spent.
-    pub async fn send(&self, build: impl Fn() -> Request<Full<Bytes>>) -> Result<Response<Incoming>, SendError> {
+    pub async fn send(&self, build: impl Fn() -> Request<Full<Bytes>>) -> Result<Response<Body>, SendError> {
         let mut attempts = Attempts::new(Backoff::default(), self.config.connect_timeout);
         loop {
-            match self.client.request(build()).await {
+            match self.connections.send(build()).await {
                 Ok(r) => {
                     self.health.ok();
                     return Ok(r);
                 }
-                Err(e) if e.is_connect() => {
-                    let why = error_chain(&e);
+                Err(connections::Failure::Connect(why)) => {
                     if attempts.remaining().is_zero() || !attempts.wait().await {
                         self.metrics.upstream_errors.inc();
                         self.health.failed(&format!("cannot connect: {why}"));
@@ -111,23 +115,24 @@ impl Upstream {
                     }
                     tracing::debug!(backend.name = %self.name, attempt = attempts.made, "Retrying a refused upstream connect: {why}.");
                 }
-                Err(e) => {
+                Err(connections::Failure::Send(why)) => {
                     self.metrics.upstream_errors.inc();
-                    return Err(SendError::Failed(error_chain(&e)));
+                    return Err(SendError::Failed(why));
                 }
             }
         }
     }
 }
 
-/// A pooled client for `url`'s scheme: rustls with the system roots plus `tls`, HTTP/1.1, and
+/// Connections to `url`'s origin: rustls with the system roots plus `tls`, HTTP/1.1, and
 /// HTTP/2 by ALPN when `http2`.
-pub fn http_client(
+pub fn connections(
     tls: &TlsClientConfig,
     url: &Uri,
     connect_timeout: Duration,
     http2: bool,
-) -> Result<HttpClient, String> {
+    open: prometheus::IntGauge,
+) -> Result<Arc<Connections>, String> {
     let tls = tls_config(tls, url.scheme_str() == Some("https"))?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -138,7 +143,7 @@ pub fn http_client(
         true => builder.enable_http2().wrap_connector(http),
         false => builder.wrap_connector(http),
     };
-    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(https))
+    Connections::new(url, https, open).map(Arc::new)
 }
 
 /// A URL as clients may see it in an error: no user info, no query (either may hold a
@@ -150,7 +155,7 @@ pub fn redacted(url: &Uri) -> String {
 }
 
 /// Reads a whole body of at most `max` bytes.
-pub async fn read_body(body: Incoming, max: usize) -> Result<Bytes, String> {
+pub async fn read_body(body: Body, max: usize) -> Result<Bytes, String> {
     match Limited::new(body, max).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
@@ -174,17 +179,6 @@ pub fn media_type(headers: &HeaderMap) -> String {
         .and_then(|v| v.split(';').next())
         .map(|m| m.trim().to_ascii_lowercase())
         .unwrap_or_default()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn resolve_headers(config: &UpstreamConfig) -> Result<HeaderMap, String> {
