@@ -249,9 +249,11 @@ impl Link {
     fn spawn_call(self: &Arc<Self>, msg: Message) {
         let cancel = self.track(&msg);
         let link = self.clone();
-        self.tasks.spawn(async move {
+        // Boxed: the call's future is kilobytes (re-initializing, streams, refusals), and a
+        // task's future is moved whole when it is spawned and again when it finishes.
+        self.tasks.spawn(Box::pin(async move {
             link.call(&msg, cancel).await;
-        });
+        }));
     }
 
     /// Registers a request in flight: `notifications/cancelled` for its id cancels the token.
