@@ -102,7 +102,9 @@ impl Upstream {
     pub async fn send(&self, build: impl Fn() -> Request<Full<Bytes>>) -> Result<Response<Body>, SendError> {
         let mut attempts = Attempts::new(Backoff::default(), self.config.connect_timeout);
         loop {
-            match self.connections.send(build()).await {
+            // Boxed: the exchange is a large future, and every task that sends (a session's
+            // GET stream above all, idle for hours) would otherwise keep room for it.
+            match Box::pin(self.connections.send(build())).await {
                 Ok(r) => {
                     self.health.ok();
                     return Ok(r);
