@@ -84,7 +84,7 @@ impl Link {
         drop(gate);
         let status = resp.status();
         if !status.is_success() {
-            return self.refusal(resp, purpose, &snap, init, cancel).await;
+            return Box::pin(self.refusal(resp, purpose, &snap, init, cancel)).await;
         }
         if init {
             self.lock().session = resp.headers().get(SESSION_HEADER).cloned();
@@ -97,7 +97,7 @@ impl Link {
             return Outcome::Failed("the upstream accepted the request (202) but will not answer it".into());
         }
         match media_type(resp.headers()).as_str() {
-            "text/event-stream" => self.read_stream(resp.into_body(), purpose, init, cancel).await,
+            "text/event-stream" => Box::pin(self.read_stream(resp.into_body(), purpose, init, cancel)).await,
             "application/json" => {
                 let read = Link::until(cancel, read_body(resp.into_body(), self.up.config.max_message_bytes));
                 match read.await {

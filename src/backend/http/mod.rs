@@ -333,7 +333,7 @@ impl Link {
                 Outcome::Done | Outcome::Answer(_) => break None,
                 Outcome::SessionLost(seen) if !retried && !init => {
                     retried = true;
-                    if let Err(why) = self.reinitialize(seen).await {
+                    if let Err(why) = Box::pin(self.reinitialize(seen)).await {
                         self.lost(why).await;
                         break None;
                     }
