@@ -145,7 +145,7 @@ async fn open(
     messages_path: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    if !accepts(req.headers(), "text/event-stream") {
+    if !accepts(req.headers(), &["text/event-stream"]) {
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
     let Some(backend) = app.served().routes.get(route).map(|r| r.backend.clone()) else {

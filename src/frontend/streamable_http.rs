@@ -63,16 +63,33 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     served.instrument(span).await
 }
 
-/// Whether an Accept header admits `mime` (exactly, or by a wildcard).
-pub(super) fn accepts(headers: &HeaderMap, mime: &str) -> bool {
-    let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
-    headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').map(|item| item.split(';').next().unwrap_or("").trim()).any(|m| {
-            m.eq_ignore_ascii_case(mime)
-                || m == "*/*"
-                || m.split_once('/').is_some_and(|(k, sub)| sub == "*" && k.eq_ignore_ascii_case(kind))
+/// Whether an Accept header admits every one of `mimes` (exactly, or by a wildcard), read in
+/// one pass.
+pub(super) fn accepts(headers: &HeaderMap, mimes: &[&str]) -> bool {
+    let mut missing: u32 = (1 << mimes.len()) - 1;
+    for value in headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()) {
+        for item in value.split(',') {
+            let m = item.split(';').next().unwrap_or("").trim();
+            for (i, mime) in mimes.iter().enumerate() {
+                if missing & (1 << i) != 0 && admits(m, mime) {
+                    missing &= !(1 << i);
+                }
+            }
+            if missing == 0 {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether one media range of an Accept header admits `mime`.
+fn admits(range: &str, mime: &str) -> bool {
+    range.eq_ignore_ascii_case(mime)
+        || range == "*/*"
+        || range.split_once('/').is_some_and(|(k, sub)| {
+            sub == "*" && mime.split_once('/').is_some_and(|(kind, _)| k.eq_ignore_ascii_case(kind))
         })
-    })
 }
 
 fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
@@ -157,7 +174,7 @@ async fn post(
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
-    if !(accepts(headers, "application/json") && accepts(headers, "text/event-stream")) {
+    if !accepts(headers, &["application/json", "text/event-stream"]) {
         return Err(GatewayError::NotAcceptable("Accept must list application/json and text/event-stream"));
     }
     if !is_json(headers) {
@@ -403,7 +420,7 @@ async fn get(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers();
-    if !accepts(headers, "text/event-stream") {
+    if !accepts(headers, &["text/event-stream"]) {
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
     let session = session(app, route, caller, headers)?;
@@ -443,17 +460,22 @@ mod tests {
     fn accept_matching() {
         let mut h = HeaderMap::new();
         h.insert("accept", "application/json, text/event-stream;q=0.9".parse().unwrap());
-        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
+        let both = ["application/json", "text/event-stream"];
+        assert!(accepts(&h, &both));
         h.insert("accept", "application/json".parse().unwrap());
-        assert!(!accepts(&h, "text/event-stream"));
+        assert!(!accepts(&h, &["text/event-stream"]) && !accepts(&h, &both));
+        assert!(accepts(&h, &["application/json"]));
         h.insert("accept", "*/*".parse().unwrap());
-        assert!(accepts(&h, "text/event-stream"));
-        assert!(!accepts(&HeaderMap::new(), "application/json"));
+        assert!(accepts(&h, &["text/event-stream"]) && accepts(&h, &both));
+        assert!(!accepts(&HeaderMap::new(), &["application/json"]));
         h.insert("accept", "Application/*, TEXT/*;q=0.5".parse().unwrap());
-        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"), "type wildcards");
+        assert!(accepts(&h, &both), "type wildcards");
         h.insert("accept", "text/*".parse().unwrap());
-        assert!(!accepts(&h, "application/json"), "a wildcard covers its own type only");
+        assert!(!accepts(&h, &["application/json"]), "a wildcard covers its own type only");
         h.insert("accept", "application/json-seq".parse().unwrap());
-        assert!(!accepts(&h, "application/json"));
+        assert!(!accepts(&h, &["application/json"]));
+        h.insert("accept", "text/event-stream".parse().unwrap());
+        h.append("accept", "application/json;q=0.5".parse().unwrap());
+        assert!(accepts(&h, &both), "the two across two Accept headers");
     }
 }

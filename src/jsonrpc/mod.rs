@@ -73,9 +73,11 @@ impl Id {
                 let s = serde_json::from_str::<String>(text).ok()?;
                 Some(Id(Arc::from(serde_json::to_string(&s).ok()?)))
             }
-            b'-' | b'0'..=b'9' => (serde_json::from_str::<i64>(text).is_ok()
-                || serde_json::from_str::<u64>(text).is_ok())
-            .then(|| Id(Arc::from(text))),
+            // The text is a JSON number already: an integer is one that fits either type
+            // (not `1.5`, not `1e3`).
+            b'-' | b'0'..=b'9' => {
+                (text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok()).then(|| Id(Arc::from(text)))
+            }
             _ => None,
         }
     }
@@ -641,6 +643,12 @@ mod tests {
         assert_eq!(id(r#""q\"\n""#).as_json(), r#""q\"\n""#);
         assert_ne!(id("1"), id(r#""1""#));
         assert_eq!(id("18446744073709551615").as_json(), "18446744073709551615");
+        assert_eq!(id("-9223372036854775808").as_json(), "-9223372036854775808");
+        assert_eq!(id("-0").as_json(), "-0");
+        for bad in ["1.5", "1e3", "1E3", "18446744073709551616", "-9223372036854775809", "true"] {
+            let msg = format!(r#"{{"jsonrpc":"2.0","id":{bad},"method":"x"}}"#);
+            assert!(parse(&msg).is_err(), "id {bad} is refused");
+        }
         assert!(parse(r#"{"jsonrpc":"2.0","id":"\ud800","method":"x"}"#).is_err());
     }
 

@@ -96,7 +96,7 @@ impl Link {
         if status == StatusCode::ACCEPTED {
             return Outcome::Failed("the upstream accepted the request (202) but will not answer it".into());
         }
-        match media_type(resp.headers()).as_str() {
+        match &*media_type(resp.headers()) {
             "text/event-stream" => Box::pin(self.read_stream(resp.into_body(), purpose, init, cancel)).await,
             "application/json" => {
                 let read = Link::until(cancel, read_body(resp.into_body(), self.up.config.max_message_bytes));

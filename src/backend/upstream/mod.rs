@@ -173,14 +173,15 @@ pub fn snippet(body: &[u8]) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The media type of a response, lowercased, without parameters.
-pub fn media_type(headers: &HeaderMap) -> String {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
-        .unwrap_or_default()
+/// The media type of a response, lowercased, without parameters (copied only when it was
+/// not lowercase already).
+pub fn media_type(headers: &HeaderMap) -> std::borrow::Cow<'_, str> {
+    let m = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
+    let m = m.map(str::trim).unwrap_or_default();
+    match m.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => m.to_ascii_lowercase().into(),
+        false => m.into(),
+    }
 }
 
 fn resolve_headers(config: &UpstreamConfig) -> Result<HeaderMap, String> {
