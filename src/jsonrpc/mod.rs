@@ -124,8 +124,9 @@ pub struct Message {
     pub kind: Kind,
     /// Present on requests and responses (absent on an error response with `id: null`).
     pub id: Option<Id>,
-    /// Present on requests and notifications.
-    pub method: Option<Box<str>>,
+    /// Present on requests and notifications (shared: a message is cloned on its way to a
+    /// backend).
+    pub method: Option<Arc<str>>,
     /// `params._meta.progressToken` of a request, or `params.progressToken` of a
     /// `notifications/progress`.
     pub progress_token: Option<Id>,
@@ -321,13 +322,13 @@ impl Message {
             Some(r) if r.get() == "null" => None,
             Some(r) => Some(Id::from_raw(r).ok_or(ParseError::Invalid("\"id\" must be a string or an integer"))?),
         };
-        let method = match env.method {
+        let method = match env.method.map(|m| m.get().trim()) {
             None => None,
-            Some(r) => Some(
-                serde_json::from_str::<String>(r.get())
-                    .map_err(|_| ParseError::Invalid("\"method\" must be a string"))?
-                    .into_boxed_str(),
-            ),
+            // Without a backslash, a JSON string's text between its quotes is the string.
+            Some(t) if t.len() >= 2 && t.starts_with('"') && !t.contains('\\') => Some(Arc::from(&t[1..t.len() - 1])),
+            Some(t) => Some(Arc::from(
+                serde_json::from_str::<String>(t).map_err(|_| ParseError::Invalid("\"method\" must be a string"))?,
+            )),
         };
         // `null` is taken as absent: some clients send it for "no params".
         if env.params.is_some_and(|p| !matches!(p.get().as_bytes().first(), Some(b'{' | b'[' | b'n'))) {
@@ -632,6 +633,16 @@ mod tests {
         assert_eq!(err.code(), code::PARSE_ERROR);
         let batch = format!("[{}]", wrapped(MAX_DEPTH));
         assert!(Body::parse(&Bytes::from(batch)).is_ok(), "the batch's own array does not count");
+    }
+
+    #[test]
+    fn methods_read_the_same_however_they_are_escaped() {
+        let method =
+            |s: &str| parse(&format!(r#"{{"jsonrpc":"2.0","method":{s}}}"#)).map(|m| m.method().map(str::to_owned));
+        assert_eq!(method(r#""tools/call""#), Ok(Some("tools/call".into())));
+        assert_eq!(method(r#""tools\/c\u0061ll""#), Ok(Some("tools/call".into())));
+        assert_eq!(method(r#""""#), Ok(Some(String::new())));
+        assert!(method("1").is_err() && method("null").is_err() && method(r#"["x"]"#).is_err());
     }
 
     #[test]
