@@ -210,8 +210,8 @@ async fn post(
     if let Err(e) = super::admit(app, caller, &msgs) {
         return Ok(refuse_in_band(&e, &msgs, batch));
     }
-    let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
-    if batch && !protocol::allows_batch(&version) {
+    let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER);
+    if batch && !protocol::allows_batch(version) {
         return Err(GatewayError::BatchNotAllowed);
     }
     let first_request = msgs.iter().find(|m| m.is_request()).and_then(|m| m.id.clone());
@@ -236,7 +236,7 @@ async fn post(
     // timeout means it stopped reading: either way the session answers every pending request
     // with an error on `rx`, so the response below still completes.
     let _ = tokio::time::timeout(app.served().config.sessions.request_timeout, session.forward(&msgs)).await;
-    Ok(respond(app, route, &version, opened, rx, batch).await)
+    Ok(respond(app, route, version, opened, rx, batch).await)
 }
 
 /// A W3C `traceparent` (and `tracestate`) header is passed to the backend in the
@@ -424,7 +424,7 @@ async fn get(
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
     let session = session(app, route, caller, headers)?;
-    let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER).to_owned();
+    let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER);
     let last_event_id = header(headers, "last-event-id").map(str::to_owned);
     let resumed = last_event_id.is_some();
     let (tx, rx) = mpsc::channel(app.served().config.sessions.stream_queue);
@@ -434,13 +434,13 @@ async fn get(
     };
     let opened = session.open(attach, Sink::new(tx, Delivery::Detach)).await?;
     let mut prefix = Vec::new();
-    if protocol::wants_priming(&version) && !resumed {
+    if protocol::wants_priming(version) && !resumed {
         prefix.push(sse::priming(opened.stream, opened.resume_from));
     }
     prefix.extend(opened.replay.iter().map(|(id, data)| sse::event(*id, data)));
     let rx = (!opened.complete).then_some(rx);
     // GET streams are never closed early: a resumed stream carries its request to the end.
-    let opts = StreamOptions { close_after: None, ..stream_options(app, &version) };
+    let opts = StreamOptions { close_after: None, ..stream_options(app, version) };
     Ok(sse_response(sse::body(prefix, rx, opts, sse::Meter::new(&app.metrics, route, "get"))))
 }
 

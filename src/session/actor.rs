@@ -211,10 +211,13 @@ impl Actor {
     fn on_client(&mut self, msgs: Vec<Message>, target: Target) -> Result<Opened, GatewayError> {
         let now = Instant::now();
         self.last_activity = now;
+        let requests = || msgs.iter().filter(|m| m.is_request());
+        let count = requests().count();
+        // A set only for a batch: a single request cannot repeat its own id.
         let mut seen = HashSet::new();
-        for m in msgs.iter().filter(|m| m.is_request()) {
+        for m in requests() {
             let id = m.id.as_ref().expect("requests have ids");
-            if self.pending.contains_key(id) || !seen.insert(id) {
+            if self.pending.contains_key(id) || (count > 1 && !seen.insert(id)) {
                 return Err(GatewayError::DuplicateId(id.to_string()));
             }
         }
@@ -225,14 +228,11 @@ impl Actor {
                 }
             }
         }
-        let requests: Vec<&Message> = msgs.iter().filter(|m| m.is_request()).collect();
-        if !requests.is_empty() && self.pending.len() + requests.len() > self.config.max_in_flight {
+        if count > 0 && self.pending.len() + count > self.config.max_in_flight {
             return Err(GatewayError::TooManyInFlight(self.config.max_in_flight));
         }
         let stream = match target {
-            _ if requests.is_empty() => {
-                return Ok(Opened { stream: 0, replay: Vec::new(), complete: true, resume_from: 0 })
-            }
+            _ if count == 0 => return Ok(Opened { stream: 0, replay: Vec::new(), complete: true, resume_from: 0 }),
             Target::NewStream(sink) => {
                 let id = self.new_stream(false);
                 self.streams.get_mut(&id).expect("just made").sink = Some(sink);
@@ -243,7 +243,7 @@ impl Actor {
                 return Err(GatewayError::InvalidMessage("requests need a stream to be answered on".into()))
             }
         };
-        for m in &requests {
+        for m in requests() {
             let id = m.id.clone().expect("requests have ids");
             if let Some(token) = &m.progress_token {
                 self.tokens.insert(token.clone(), id.clone());
@@ -254,8 +254,8 @@ impl Actor {
             self.pending
                 .insert(id, Pending { stream, deadline, token: m.progress_token.clone(), method, started: now });
         }
-        self.streams.get_mut(&stream).expect("checked").owed += requests.len();
-        self.in_flight.add(requests.len());
+        self.streams.get_mut(&stream).expect("checked").owed += count;
+        self.in_flight.add(count);
         Ok(Opened { stream, replay: Vec::new(), complete: false, resume_from: 0 })
     }
 

@@ -49,6 +49,28 @@ async fn an_id_already_in_flight_is_refused_in_band() {
 }
 
 #[tokio::test]
+async fn a_batch_repeating_an_id_is_refused_and_ids_of_two_types_are_two_ids() {
+    let gw = TestGateway::default().await;
+    let mut c = gw.client();
+    c.initialize("2025-03-26").await;
+    let twice =
+        json!([{"jsonrpc": "2.0", "id": "x", "method": "ping"}, {"jsonrpc": "2.0", "id": "x", "method": "ping"}]);
+    let refused = c.post(&twice).await;
+    assert_eq!(refused.status, StatusCode::OK);
+    assert_eq!(refused.json().await["error"]["code"], -32006);
+    let resp = c
+        .post(&json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": "1", "method": "ping"}]))
+        .await;
+    let mut sse = resp.sse();
+    let mut ids = Vec::new();
+    while let Some(ev) = sse.next_within(std::time::Duration::from_secs(10)).await {
+        ids.push(ev.json()["id"].clone());
+    }
+    ids.sort_by_key(|v| v.to_string());
+    assert_eq!(ids, vec![json!("1"), json!(1)]);
+}
+
+#[tokio::test]
 async fn a_ten_megabyte_result_arrives_whole() {
     let gw = TestGateway::default().await;
     let mut c = gw.client();
