@@ -25,7 +25,7 @@ use crate::frontend::{self, App};
 
 /// Lets a handler close the connection its request arrived on: the one way to cut off a client
 /// that stopped reading a streaming response, whose body hyper no longer polls. Every request
-/// carries one in its extensions.
+/// is handed one (`frontend::Connection`).
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionCut(CancellationToken);
 
@@ -283,11 +283,11 @@ async fn serve(
     // Shared with an upgraded WebSocket, which keeps the place after hyper lets go.
     let place = Arc::new(place);
     let held = place.clone();
-    let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
         let app = app.clone();
-        req.extensions_mut().insert(cut.clone());
-        req.extensions_mut().insert(held.clone());
-        async move { Ok::<_, std::convert::Infallible>(frontend::handle(app, req).await) }
+        // Handed over, not put in the request's extensions: those cost a map per request.
+        let conn = frontend::Connection { cut: cut.clone(), place: held.clone() };
+        async move { Ok::<_, std::convert::Infallible>(frontend::handle(app, req, conn).await) }
     });
     let stream = Stream::new(io);
     let activity = stream.activity.clone();

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::sse::{self, StreamOptions};
 use super::streamable_http::{accepts, is_json, parse_body, read_body, sse_response, status_only};
 use super::websocket::percent_decode;
-use super::{error_reply, App, Body, Route};
+use super::{error_reply, App, Body, Context, Route};
 use crate::auth::Caller;
 use crate::config::RouteConfig;
 use crate::error::GatewayError;
@@ -127,10 +127,10 @@ impl EventStream {
 }
 
 /// Serves one request on a legacy path (Origin and Host already checked).
-pub async fn handle(app: Arc<App>, endpoint: Endpoint, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: Arc<App>, endpoint: Endpoint, req: Request<Incoming>, cx: Context) -> Response<Body> {
     let result = match (&endpoint.role, req.method()) {
-        (Role::Events { messages_path }, &Method::GET) => open(&app, &endpoint.route, messages_path, req).await,
-        (Role::Messages, &Method::POST) => post(&app, &endpoint.route, req).await,
+        (Role::Events { messages_path }, &Method::GET) => open(&app, &endpoint.route, messages_path, req, cx).await,
+        (Role::Messages, &Method::POST) => post(&app, &endpoint.route, req, &cx.caller).await,
         (Role::Events { .. }, _) => Err(GatewayError::MethodNotAllowed("GET")),
         (Role::Messages, _) => Err(GatewayError::MethodNotAllowed("POST")),
     };
@@ -144,6 +144,7 @@ async fn open(
     route: &str,
     messages_path: &str,
     req: Request<Incoming>,
+    cx: Context,
 ) -> Result<Response<Body>, GatewayError> {
     if !accepts(req.headers(), &["text/event-stream"]) {
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
@@ -151,8 +152,7 @@ async fn open(
     let Some(backend) = app.served().routes.get(route).map(|r| r.backend.clone()) else {
         return Err(GatewayError::NoRoute);
     };
-    let caller = super::caller(&req);
-    let session = app.registry.start(route, &backend, Transport::LegacySse, &caller).await.map_err(|e| match e {
+    let session = app.registry.start(route, &backend, Transport::LegacySse, &cx.caller).await.map_err(|e| match e {
         GatewayError::BackendUnavailable(why) => GatewayError::BackendStartFailed(why),
         other => other,
     })?;
@@ -176,8 +176,7 @@ async fn open(
         state: Mutex::default(),
     });
     app.legacy.0.insert(id.clone(), conn.clone());
-    let cut = req.extensions().get::<ConnectionCut>().cloned();
-    tokio::spawn(Pump { app: app.clone(), conn, cut }.run(frames, out));
+    tokio::spawn(Pump { app: app.clone(), conn, cut: Some(cx.conn.cut) }.run(frames, out));
     tracing::debug!(session.id = %id, "A legacy SSE stream opened.");
     let endpoint = format!("event: endpoint\ndata: {messages_path}?sessionId={}\n\n", encode(&id));
     let opts = StreamOptions { keepalive: app.served().config.sessions.sse_keepalive, close_after: None };
@@ -186,10 +185,14 @@ async fn open(
 }
 
 /// `POST messages_path?sessionId=ID`: hands the messages to the session; 202.
-async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+async fn post(
+    app: &Arc<App>,
+    route: &str,
+    req: Request<Incoming>,
+    caller: &Caller,
+) -> Result<Response<Body>, GatewayError> {
     let id = session_param(req.uri().query().unwrap_or("")).ok_or(GatewayError::MissingSessionParam)?;
-    let caller = super::caller(&req);
-    let conn = find(app, &id, route, &caller)?;
+    let conn = find(app, &id, route, caller)?;
     if !is_json(req.headers()) {
         return Err(GatewayError::UnsupportedMediaType);
     }
@@ -198,7 +201,7 @@ async fn post(app: &Arc<App>, route: &str, req: Request<Incoming>) -> Result<Res
     let body = parse_body(&read_body(app, headers, body).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
     let msgs = super::streamable_http::with_trace_context(headers, body.into_messages());
-    if let Err(e) = super::admit(app, &caller, &msgs) {
+    if let Err(e) = super::admit(app, caller, &msgs) {
         app.metrics.count_refusal(&e);
         let within = app.served().config.legacy_sse.stall_timeout;
         for id in msgs.iter().filter(|m| m.is_request()).filter_map(|m| m.id.as_ref()) {

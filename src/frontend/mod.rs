@@ -272,10 +272,25 @@ fn publish_limits(metrics: &Metrics, config: &Config) {
     metrics.limits.with_label_values(&["max_sessions", ""]).set(config.sessions.max_sessions as i64);
 }
 
+/// The connection a request arrived on, as its handlers may need it.
+#[derive(Clone)]
+pub struct Connection {
+    /// Closes the connection mid-response (a reader that stopped reading).
+    pub cut: crate::server::ConnectionCut,
+    /// The connection's place among `server.max_connections`, kept by an upgraded WebSocket.
+    pub place: Arc<crate::server::ConnectionGuard>,
+}
+
+/// What a frontend handler gets besides the request: who made it, and over which connection.
+pub struct Context {
+    pub caller: Caller,
+    pub conn: Connection,
+}
+
 /// Serves one HTTP request: finds what serves its path, checks Origin and Host, and hands the
 /// request to that frontend.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let resp = dispatch(&app, req).await;
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Connection) -> Response<Body> {
+    let resp = dispatch(&app, req, conn).await;
     if let Some(Rejected(reason)) = resp.extensions().get::<Rejected>() {
         app.metrics.rejections.with_label_values(&[reason]).inc();
     }
@@ -290,7 +305,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 #[derive(Clone, Copy, Debug)]
 struct Rejected(&'static str);
 
-async fn dispatch(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>, conn: Connection) -> Response<Body> {
     let app = app.clone();
     let path = req.uri().path();
     let served = app.served();
@@ -312,10 +327,10 @@ async fn dispatch(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> 
         },
         None => Caller::default(),
     };
-    req.extensions_mut().insert(caller);
+    let cx = Context { caller, conn };
     match legacy {
-        Some(endpoint) => legacy_sse::handle(app, endpoint, req).await,
-        None => streamable_http::handle(app, req).await,
+        Some(endpoint) => legacy_sse::handle(app, endpoint, req, cx).await,
+        None => streamable_http::handle(app, req, cx).await,
     }
 }
 
@@ -334,11 +349,6 @@ fn protected_resource_metadata(served: &Served, path: &str) -> Response<Body> {
         }
         None => error_reply(&GatewayError::NoRoute, None),
     }
-}
-
-/// Who made a request (set by [`dispatch`] on every request of a route).
-pub fn caller<B>(req: &Request<B>) -> Caller {
-    req.extensions().get::<Caller>().cloned().unwrap_or_default()
 }
 
 /// The caller's request rate and allow-list, applied to client messages before they reach a

@@ -32,14 +32,14 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Serves one HTTP request on a route path (Origin and Host already checked).
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, cx: super::Context) -> Response<Body> {
     let route = req.uri().path().to_owned();
     let Some(entry) = app.served().routes.get(&route).cloned() else {
         return error_reply(&GatewayError::NoRoute, None);
     };
     let backend = &entry.backend;
     if entry.websocket && websocket::is_upgrade(&req) {
-        return websocket::accept(app.clone(), route, backend.clone(), req)
+        return websocket::accept(app.clone(), route, backend.clone(), req, cx)
             .await
             .unwrap_or_else(|e| error_reply(&e, None));
     }
@@ -50,7 +50,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         session.id = tracing::field::Empty,
         jsonrpc.method = tracing::field::Empty,
     );
-    let caller = super::caller(&req);
+    let caller = cx.caller;
     let served = async {
         let result = match *req.method() {
             Method::POST => post(&app, &route, backend, &caller, req).await,

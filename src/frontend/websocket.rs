@@ -79,6 +79,7 @@ pub async fn accept(
     route: String,
     backend: Backend,
     mut req: Request<Incoming>,
+    cx: super::Context,
 ) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers();
     if headers.get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
@@ -109,7 +110,7 @@ pub async fn accept(
     }
     // A `mcp.auth.<token>` offer was checked with the upgrade request (never echoed, never
     // logged); the connection keeps only who it names.
-    let caller = super::caller(&req);
+    let caller = cx.caller;
 
     let (frames_tx, frames_rx) = mpsc::channel(app.served().config.websocket.send_queue);
     let mut conn =
@@ -124,7 +125,7 @@ pub async fn accept(
     let upgrade = hyper::upgrade::on(&mut req);
     let config = socket_config(&app);
     // The connection's place among server.max_connections, kept while the WebSocket lives.
-    let place = req.extensions().get::<Arc<crate::server::ConnectionGuard>>().cloned();
+    let place = cx.conn.place;
     app.upgraded.spawn(async move {
         let _place = place;
         match upgrade.await {
