@@ -33,7 +33,7 @@ pub struct Principal {
 }
 
 /// Who made a request: a principal on routes with `auth`, nobody in particular otherwise,
-/// and what the route lets it use. Every request on a route carries one in its extensions.
+/// and what the route lets it use. Every request on a route is handed one (`frontend::Context`).
 #[derive(Debug, Clone, Default)]
 pub struct Caller(pub Option<Arc<Principal>>, pub Option<Arc<policy::Grants>>);
 
