@@ -108,13 +108,7 @@ async fn batches_only_for_2025_03_26_and_never_with_initialize() {
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "b"}}}
     ])).await;
     assert_eq!(resp.status, StatusCode::OK);
-    let mut sse = resp.sse();
-    let mut ids = Vec::new();
-    while let Some(ev) = sse.next_within(std::time::Duration::from_secs(10)).await {
-        ids.push(ev.json()["id"].clone());
-    }
-    ids.sort_by_key(|v| v.to_string());
-    assert_eq!(ids, vec![json!("a"), json!(2)]);
+    assert_eq!(resp.event_ids().await, vec![json!("a"), json!(2)]);
 }
 
 #[tokio::test]

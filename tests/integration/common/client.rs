@@ -200,6 +200,17 @@ impl Response {
         }
         panic!("the stream ended without a response");
     }
+
+    /// The ids of every event on this SSE answer, to its end, sorted by their JSON text.
+    pub async fn event_ids(self) -> Vec<Value> {
+        let mut sse = self.sse();
+        let mut ids = Vec::new();
+        while let Some(ev) = sse.next_within(Duration::from_secs(10)).await {
+            ids.push(ev.json()["id"].clone());
+        }
+        ids.sort_by_key(|v| v.to_string());
+        ids
+    }
 }
 
 impl SseReader {
