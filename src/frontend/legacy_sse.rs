@@ -176,7 +176,7 @@ async fn open(
         state: Mutex::default(),
     });
     app.legacy.0.insert(id.clone(), conn.clone());
-    tokio::spawn(Pump { app: app.clone(), conn, cut: Some(cx.conn.cut) }.run(frames, out));
+    tokio::spawn(Pump { app: app.clone(), conn, cut: cx.conn.cut }.run(frames, out));
     tracing::debug!(session.id = %id, "A legacy SSE stream opened.");
     let endpoint = format!("event: endpoint\ndata: {messages_path}?sessionId={}\n\n", encode(&id));
     let opts = StreamOptions { keepalive: app.served().config.sessions.sse_keepalive, close_after: None };
@@ -273,7 +273,8 @@ enum Ending {
 struct Pump {
     app: Arc<App>,
     conn: Arc<EventStream>,
-    cut: Option<ConnectionCut>,
+    /// Closes the stream's connection, the one way to stop a client that stopped reading.
+    cut: ConnectionCut,
 }
 
 impl Pump {
@@ -336,9 +337,7 @@ impl Pump {
             Ending::Stalled => {
                 tracing::info!(session.id = session.id(), "A legacy SSE client stopped reading; cutting it off.");
                 session.end(EndReason::Stalled);
-                if let Some(cut) = &self.cut {
-                    cut.cut();
-                }
+                self.cut.cut();
             }
             Ending::Released => tracing::debug!(session.id = session.id(), "A legacy SSE stream ended."),
         }

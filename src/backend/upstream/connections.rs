@@ -12,7 +12,7 @@
 //! before sending it (the upstream had just closed it) goes out again on another connection;
 //! one that may have been sent is never repeated.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -207,25 +207,24 @@ impl Connections {
                 .handshake(io)
                 .await
                 .map_err(|e| Failure::Connect(chain(&e)))?;
-            let live = Live::new(self.open.clone());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("An upstream HTTP/2 connection ended: {}.", chain(&e));
-                }
-                drop(live);
-            });
+            self.drive(conn, "HTTP/2");
             self.lock().shared = Some(tx.clone());
             return Ok(Taken::Shared { tx, reused: false });
         }
         let (tx, conn) = http1::handshake(io).await.map_err(|e| Failure::Connect(chain(&e)))?;
+        self.drive(conn, "HTTP/1.1");
+        Ok(Taken::One { tx, reused: false })
+    }
+
+    /// Runs a connection's I/O in a task of its own, counted in `open` while it lives.
+    fn drive(&self, conn: impl Future<Output = hyper::Result<()>> + Send + 'static, version: &'static str) {
         let live = Live::new(self.open.clone());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!("An upstream HTTP/1.1 connection ended: {}.", chain(&e));
+                tracing::debug!("An upstream {version} connection ended: {}.", chain(&e));
             }
             drop(live);
         });
-        Ok(Taken::One { tx, reused: false })
     }
 
     /// Starts, once, the task that closes connections idle for longer than `POOL_IDLE`; it
