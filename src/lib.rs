@@ -147,7 +147,8 @@ impl Gateway {
             tokio::spawn(admin::serve(admin, app.clone(), admin_stop.clone(), admin_tls));
         }
         app.metrics.ready.set(1);
-        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Listening.");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), workers, "Listening.");
         let stop = CancellationToken::new();
         let accept = tokio::spawn(server::accept_loop(listener, app.clone(), stop.clone(), tls));
         shutdown.await;
@@ -206,8 +207,9 @@ impl Reloader {
         let old = self.0.served();
         let old = &old.config;
         let mut restart = Vec::new();
-        let checks: [(&'static str, bool); 6] = [
+        let checks: [(&'static str, bool); 7] = [
             ("server.listen", old.server.listen != config.server.listen),
+            ("server.worker_threads", old.server.worker_threads != config.server.worker_threads),
             // Turning TLS on or off changes the listener; new files for it are read now.
             ("server.tls", old.server.tls.is_some() != config.server.tls.is_some()),
             ("admin.enabled", old.admin.enabled != config.admin.enabled),
@@ -219,6 +221,7 @@ impl Reloader {
         let mut config = config;
         // Keys that need a restart keep the values the process runs with.
         config.server.listen = old.server.listen;
+        config.server.worker_threads = old.server.worker_threads;
         if old.server.tls.is_some() != config.server.tls.is_some() {
             config.server.tls = old.server.tls.clone();
         }

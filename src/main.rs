@@ -145,7 +145,7 @@ fn main() -> ExitCode {
         }
         Command::ExampleServer { http: Some(addr) } => {
             init_logs(&config::LogConfig::default());
-            runtime()
+            runtime(0)
                 .block_on(mcp_edge::example::serve_http(addr, shutdown_signal()))
                 .map_or_else(|e| report(e.into()), |_| ExitCode::SUCCESS)
         }
@@ -166,7 +166,9 @@ fn main() -> ExitCode {
             let logs = init_logs(&config.log);
             raise_fd_limit();
             let reload = Reload { source, overrides: overrides_again, logs };
-            runtime().block_on(run(config, reload)).map_or_else(report, |_| ExitCode::SUCCESS)
+            runtime(config.server.worker_threads)
+                .block_on(run(config, reload))
+                .map_or_else(report, |_| ExitCode::SUCCESS)
         }
     }
 }
@@ -186,8 +188,13 @@ fn report(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts")
+/// A runtime with `workers` worker threads; 0: one per CPU the process may use.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().expect("a tokio runtime starts")
 }
 
 /// What SIGHUP needs: where the configuration came from, the flags that override it, and the

@@ -90,6 +90,14 @@ pub struct ServerConfig {
     /// TLS termination: serve `https://` and `wss://` with this certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsServerConfig>,
+    /// Threads that run connections, sessions and backend I/O. 0: one per CPU the process may
+    /// use. Read at start.
+    pub worker_threads: usize,
+}
+
+impl ServerConfig {
+    /// The most `worker_threads` may ask for.
+    pub const MAX_WORKER_THREADS: usize = 1024;
 }
 
 impl Default for ServerConfig {
@@ -107,6 +115,7 @@ impl Default for ServerConfig {
             min_body_rate: 1024,
             idle_timeout: Duration::from_secs(300),
             tls: None,
+            worker_threads: 0,
         }
     }
 }
@@ -682,6 +691,10 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if self.server.worker_threads > ServerConfig::MAX_WORKER_THREADS {
+            let most = ServerConfig::MAX_WORKER_THREADS;
+            return Err(invalid("server.worker_threads", format!("must be at most {most} (0: one per CPU)")));
         }
         for (key, d) in [
             ("sessions.idle_timeout", self.sessions.idle_timeout),

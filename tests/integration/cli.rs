@@ -115,3 +115,32 @@ async fn the_example_server_serves_streamable_http_in_process() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// The `workers` field of the gateway's `Listening.` line.
+fn logged_workers(gw: &GatewayProcess) -> Option<u64> {
+    gw.logs.lock().unwrap().iter().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["message"] == "Listening.").then(|| v["workers"].as_u64())?
+    })
+}
+
+#[tokio::test]
+async fn server_worker_threads_sizes_the_runtime_and_the_start_line_says_so() {
+    let shipped = mcp_edge::config::DEFAULT_TOML;
+    assert!(shipped.contains("worker_threads = 0"), "the shipped file shows the key");
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    for (value, expected) in [(0, cpus), (1, 1), (3, 3)] {
+        let (_dir, path) = config_file(&shipped.replace("worker_threads = 0", &format!("worker_threads = {value}")));
+        let gw = GatewayProcess::spawn(&["--config", &path]);
+        assert_eq!(logged_workers(&gw), Some(expected), "worker_threads = {value}");
+        let mut c = Client::new(&gw.url);
+        c.initialize("2025-06-18").await;
+        let r = c.call_tool("echo", serde_json::json!({"message": "threads"})).await;
+        assert_eq!(r["result"]["content"][0]["text"], "threads", "worker_threads = {value} serves");
+    }
+
+    let dir = TempDir::new();
+    let (code, _, err) = check(&[], &[("MCP_EDGE_SERVER__WORKER_THREADS", "5000")], &dir.0);
+    assert_eq!(code, 2);
+    assert!(err.contains("server.worker_threads") && err.contains("at most 1024"), "{err}");
+}

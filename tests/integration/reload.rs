@@ -1,5 +1,6 @@
 //! SIGHUP reloads the configuration file: new routes and limits apply to new sessions while live
-//! sessions keep their backend, and the log level changes; keys that need a restart keep their values and the log says so;
+//! sessions keep their backend, and the log level changes; keys that need a restart (the instance id, the worker threads)
+//! keep their values and the log says so;
 //! an invalid file changes nothing and the log names the key.
 
 use std::time::Duration;
@@ -40,11 +41,13 @@ async fn sighup_applies_a_changed_file_and_keeps_the_old_one_when_invalid() {
             .replace("instance_id = \"edge-1\"", "instance_id = \"edge-2\"")
             .replace("# max_sessions = 100", "max_sessions = 1")
             .replace("level = \"info\"", "level = \"debug\"")
+            .replace("worker_threads = 0", "worker_threads = 1")
     );
     std::fs::write(dir.0.join("gateway.toml"), changed).unwrap();
     gw.signal(Signal::SIGHUP);
     assert!(eventually(Duration::from_secs(10), || gw.logged("The configuration was reloaded")).await);
     assert!(gw.logged("need a restart") && gw.logged("instance_id"), "the log names what needs a restart");
+    assert!(gw.logged("server.worker_threads"), "the log names every key that needs a restart");
 
     assert!(!gw.logged("Started a stdio child"), "debug lines are filtered at first");
     assert_eq!(initialize_status(&second).await, StatusCode::OK, "the new route serves");

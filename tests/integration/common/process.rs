@@ -37,13 +37,17 @@ impl GatewayProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
         std::thread::spawn(move || {
+            // Each line is kept before the address is reported, so the start-up lines are all
+            // there once `spawn` returns.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "Listening." {
-                        let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
-                    }
-                }
+                let listen = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .filter(|v| v["message"] == "Listening.")
+                    .map(|v| v["listen"].as_str().unwrap_or_default().to_owned());
                 sink.lock().unwrap().push(line);
+                if let Some(listen) = listen {
+                    let _ = tx.send(listen);
+                }
             }
         });
         let addr: SocketAddr =
