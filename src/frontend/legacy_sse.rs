@@ -72,7 +72,7 @@ struct EventStream {
     stream: u64,
     /// The response body's queue, for the gateway's own in-band answers; weak, so the body
     /// ends when the pump lets go of it.
-    direct: mpsc::WeakSender<Frame>,
+    direct: mpsc::WeakSender<Box<Frame>>,
     state: Mutex<State>,
 }
 
@@ -122,7 +122,7 @@ impl EventStream {
         super::log_error(err);
         let Some(tx) = self.direct.upgrade() else { return };
         let body = err.to_rpc(id);
-        let _ = tokio::time::timeout(within, tx.send(Frame::Message(body))).await;
+        let _ = tokio::time::timeout(within, tx.send(Box::new(Frame::Message(body)))).await;
     }
 }
 
@@ -278,12 +278,12 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(self, mut frames: mpsc::Receiver<Frame>, out: mpsc::Sender<Frame>) {
+    async fn run(self, mut frames: mpsc::Receiver<Box<Frame>>, out: mpsc::Sender<Box<Frame>>) {
         let stall = self.app.served().config.legacy_sse.stall_timeout;
         let ending = loop {
             // Cancel-safe: a channel receive and the body's closing; neither loses a frame.
             let frame = tokio::select! {
-                f = frames.recv() => f,
+                f = frames.recv() => f.map(|f| *f),
                 _ = out.closed() => break Ending::ClientGone,
             };
             let data = match frame {
@@ -292,7 +292,7 @@ impl Pump {
                 Some(Frame::End) => continue,
                 Some(Frame::Closed(_) | Frame::Replaced | Frame::Stop(_)) | None => break Ending::Released,
             };
-            match tokio::time::timeout(stall, out.send(Frame::Message(data))).await {
+            match tokio::time::timeout(stall, out.send(Box::new(Frame::Message(data)))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break Ending::ClientGone,
                 Err(_) => break Ending::Stalled,

@@ -68,14 +68,14 @@ impl Meter {
 struct State {
     meter: Meter,
     prefix: std::vec::IntoIter<Bytes>,
-    rx: Option<mpsc::Receiver<Frame>>,
+    rx: Option<mpsc::Receiver<Box<Frame>>>,
     keepalive: tokio::time::Interval,
     close_at: Option<(Instant, Duration)>,
 }
 
 /// A body that sends `prefix` (already encoded), then live frames from `rx` (when given),
 /// keep-alive comments while idle, and ends on the stream's last message.
-pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamOptions, meter: Meter) -> Body {
+pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Box<Frame>>>, opts: StreamOptions, meter: Meter) -> Body {
     let start = Instant::now() + opts.keepalive;
     let mut keepalive = interval_at(start, opts.keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -95,7 +95,7 @@ pub fn body(prefix: Vec<Bytes>, rx: Option<mpsc::Receiver<Frame>>, opts: StreamO
         let close_at = st.close_at.map(|(at, _)| at);
         // Cancel-safe: `recv` and `tick` lose nothing when another branch wins.
         let chunk = tokio::select! {
-            f = rx.recv() => match f {
+            f = rx.recv() => match f.map(|f| *f) {
                 Some(Frame::Event { id, data, last }) => {
                     if last {
                         st.rx = None;

@@ -310,7 +310,7 @@ async fn respond(
     route: &str,
     version: &str,
     opened: Opened,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Box<Frame>>,
     batch: bool,
 ) -> Response<Body> {
     let opts = stream_options(app, version);
@@ -320,7 +320,7 @@ async fn respond(
     }
     if !batch {
         // Cancel-safe: a frame is either returned or still in the channel.
-        match tokio::time::timeout(app.served().config.sessions.json_wait, rx.recv()).await {
+        match tokio::time::timeout(app.served().config.sessions.json_wait, rx.recv()).await.map(|f| f.map(|f| *f)) {
             Ok(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
             Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
             // The session ended in a way the client must act on (initialize again): say so
@@ -379,7 +379,7 @@ async fn initialize(
     let mut before = Vec::new();
     let mut last = None;
     while let Some(frame) = rx.recv().await {
-        match frame {
+        match *frame {
             Frame::Event { id, data, last: true } => {
                 last = Some((id, data));
                 break;

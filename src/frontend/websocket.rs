@@ -254,7 +254,7 @@ struct Connection {
     /// The sending half of this connection's one outbound queue: handed to the session as a
     /// sink, and used by the reader for its own answers ([`Frame::Message`]) and to stop the
     /// writer ([`Frame::Stop`]).
-    frames_tx: mpsc::Sender<Frame>,
+    frames_tx: mpsc::Sender<Box<Frame>>,
     /// The session this connection carries, and its stream.
     bound: Option<(SessionHandle, u64)>,
     shared: Arc<Mutex<Shared>>,
@@ -288,7 +288,7 @@ impl Connection {
         mut self,
         sink: SplitSink<Socket, WsMessage>,
         stream: SplitStream<Socket>,
-        frames: mpsc::Receiver<Frame>,
+        frames: mpsc::Receiver<Box<Frame>>,
     ) {
         let done = CancellationToken::new();
         let clock = Clock::new();
@@ -303,7 +303,7 @@ impl Connection {
         // The writer sends what is queued before the stop (the close frame for a fault), and
         // then stops.
         let stop = async {
-            let _ = out.send(Frame::Stop(fault)).await;
+            let _ = out.send(Box::new(Frame::Stop(fault))).await;
             writer.await.ok().flatten()
         };
         let sent = tokio::time::timeout(Duration::from_secs(2), stop).await.ok().flatten();
@@ -341,7 +341,7 @@ impl Connection {
     async fn read(
         &mut self,
         mut stream: SplitStream<Socket>,
-        out: &mpsc::Sender<Frame>,
+        out: &mpsc::Sender<Box<Frame>>,
         clock: &Clock,
         done: &CancellationToken,
     ) -> (Ending, Option<Box<GatewayError>>) {
@@ -380,9 +380,9 @@ impl Connection {
         }
     }
 
-    async fn on_text(&mut self, bytes: Bytes, out: &mpsc::Sender<Frame>) {
+    async fn on_text(&mut self, bytes: Bytes, out: &mpsc::Sender<Box<Frame>>) {
         let reply = |body: Bytes| async move {
-            let _ = out.send(Frame::Message(body)).await;
+            let _ = out.send(Box::new(Frame::Message(body))).await;
         };
         if std::mem::take(&mut self.shared().failed) {
             self.bound = None;
@@ -417,7 +417,7 @@ impl Connection {
         let metrics = &metrics;
         let refuse = |err: GatewayError, id: Option<Id>| async move {
             metrics.count_refusal(&err);
-            let _ = out.send(Frame::Message(err.to_rpc(id.as_ref()))).await;
+            let _ = out.send(Box::new(Frame::Message(err.to_rpc(id.as_ref())))).await;
         };
         if let Err(e) = super::admit(&self.app, &self.caller, &msgs) {
             // Every request gets its error, so a batch is not left waiting.
@@ -603,7 +603,7 @@ struct Writer {
 
 impl Writer {
     /// Writes until the connection ends; the close code it sent, if any.
-    async fn run(self, mut sink: SplitSink<Socket, WsMessage>, mut frames: mpsc::Receiver<Frame>) -> Option<u16> {
+    async fn run(self, mut sink: SplitSink<Socket, WsMessage>, mut frames: mpsc::Receiver<Box<Frame>>) -> Option<u16> {
         let ws = &self.app.served().config.websocket;
         let shutdown = self.app.registry.shutdown_signal();
         let mut ping = interval_at(Instant::now() + ws.ping_interval, ws.ping_interval);
@@ -611,7 +611,7 @@ impl Writer {
         let close: Option<(u16, String)> = loop {
             // Cancel-safe: a channel receive, an interval tick and tokens.
             let out = tokio::select! {
-                f = frames.recv() => match f {
+                f = frames.recv() => match f.map(|f| *f) {
                     Some(Frame::Event { id, data, .. }) => text(self.outgoing(id, data)),
                     Some(Frame::Message(data) | Frame::Ended { data, .. }) => text(data),
                     Some(Frame::End) => continue,

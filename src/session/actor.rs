@@ -94,8 +94,8 @@ impl Stream {
 /// Frames held for a backpressured reader whose queue is full.
 struct Stalled {
     stream: u64,
-    tx: mpsc::Sender<Frame>,
-    frames: VecDeque<Frame>,
+    tx: mpsc::Sender<Box<Frame>>,
+    frames: VecDeque<Box<Frame>>,
 }
 
 pub(super) struct Actor {
@@ -304,7 +304,7 @@ impl Actor {
         s.by_get = through_sink.is_none();
         if !complete {
             if let Some(old) = s.sink.replace(sink) {
-                let _ = old.tx.try_send(Frame::Replaced);
+                let _ = old.tx.try_send(Box::new(Frame::Replaced));
             }
             s.delivered = s.next_seq;
         }
@@ -367,7 +367,7 @@ impl Actor {
     }
 
     /// A stuck reader has room again (or is gone): hand it what was held.
-    fn on_room(&mut self, permit: Option<mpsc::OwnedPermit<Frame>>) {
+    fn on_room(&mut self, permit: Option<mpsc::OwnedPermit<Box<Frame>>>) {
         let Some(mut stalled) = self.stalled.take() else { return };
         let Some(permit) = permit else {
             if let Some(s) = self.streams.get_mut(&stalled.stream) {
@@ -498,7 +498,7 @@ impl Actor {
         s.owed -= 1;
         if s.owed == 0 && !s.persistent {
             if let Some(sink) = s.sink.take() {
-                let _ = sink.tx.try_send(Frame::End);
+                let _ = sink.tx.try_send(Box::new(Frame::End));
             }
             s.complete = true;
             if s.buffered == 0 {
@@ -558,6 +558,7 @@ impl Actor {
             Frame::Event { id, .. } => Some(id.seq),
             _ => None,
         };
+        let frame = Box::new(frame);
         if let Some(stalled) = self.stalled.as_mut().filter(|st| st.stream == stream) {
             stalled.frames.push_back(frame);
             s.delivered = seq.unwrap_or(s.delivered);
@@ -586,7 +587,7 @@ fn outcome(kind: Kind) -> &'static str {
 }
 
 /// Waits for room in a reader's queue; `None` when the reader is gone.
-async fn reserve(tx: Option<mpsc::Sender<Frame>>) -> Option<mpsc::OwnedPermit<Frame>> {
+async fn reserve(tx: Option<mpsc::Sender<Box<Frame>>>) -> Option<mpsc::OwnedPermit<Box<Frame>>> {
     match tx {
         Some(tx) => tx.reserve_owned().await.ok(),
         None => std::future::pending().await,
