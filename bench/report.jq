@@ -10,8 +10,12 @@ def r2: if . == null then "n/a" else (. * 100 | round / 100 | tostring) end;
 def answers: (add // 0) as $all | length as $kinds | to_entries
   | map((.key | sub("^(application|text)/"; "")) + (if $kinds > 1 then " \(.value * 100 / $all | round)%" else "" end))
   | join(" + ");
-def order: {"direct": 0, "edge-stdio": 1, "edge-sse": 2, "edge-pool4": 3, "edge-http": 4,
-  "edge-http-w1": 4.2, "relay": 4.5, "sg-http": 5, "sg-ws": 6, "mcp-proxy": 7}[.target] // 9;
+# A target with `-w1` (one worker thread) follows the same target without it.
+def order: {"direct": 0, "edge-stdio": 1, "edge-sse": 2, "edge-pool1": 2.5, "edge-pool4": 3, "edge-http": 4,
+  "relay": 4.5, "sg-http": 5, "sg-ws": 6, "mcp-proxy": 7}[.target | sub("-w1$"; "")] as $o
+  | ($o // 9) + (if .target | endswith("-w1") then 0.2 else 0 end);
+# The mcp-edge targets of the run, and the relay, in the table's order.
+def edges: [.[] | .target | select(startswith("edge-") or . == "relay")] | unique | sort_by({target: .} | order);
 # The watched process and what is behind it: its child processes, or the upstream server.
 def all_cpu: if .watch.gateway then .watch.gateway.tree_cpu_us_per_call + (.watch.backend.tree_cpu_us_per_call // 0) else null end;
 def all_pss: if .watch.gateway then .watch.gateway.tree_pss_kib + (.watch.backend.tree_pss_kib // 0) else null end;
@@ -26,17 +30,18 @@ def at($t; $tr; $n): map(select(.target == $t and .transport == $tr and .session
 medians | sort_by(order, .transport, .sessions) as $rows
 | ($rows | map(.sessions) | if index(32) then 32 else max end) as $n
 | at("direct"; "http"; $n) as $d
+| ($rows | edges) as $edges
 | "| target | transport | answers | sessions | req/s | req/s range | p50 µs | p90 µs | p99 µs | errors | client CPU µs/call | gateway CPU µs/call | gateway+backend CPU µs/call | gateway peak RSS MiB | gateway+backend PSS MiB |",
   "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
   ($rows[] | "| \(.target) | \(.transport) | \(.answers // {} | answers) | \(.sessions) | \(.req_per_s // 0 | round) | \(.rps_min | round)–\(.rps_max | round) | \(.p50_us // "-") | \(.p90_us // "-") | \(.p99_us // "-") | \(errors) | \(.client_cpu_us_per_call | r1) | \(.watch.gateway.cpu_us_per_call | r1) | \(all_cpu | r1) | \(.watch.gateway.vmhwm_kib | mib) | \(all_pss | mib) |"),
   "",
   "Ratios (\($n) sessions unless stated; medians of \($rows | map(.rounds) | max) rounds):",
-  (["edge-http", "edge-http-w1", "edge-stdio", "edge-pool4", "relay"][] as $t | at($t; "http"; $n) // empty
+  ($edges[] as $t | at($t; "http"; $n) // empty | select($d != null)
     | "- throughput, \($t) ÷ direct (Streamable HTTP): \(.req_per_s / $d.req_per_s | r2)"),
-  (["http", "ws"][] as $tr | at("direct"; $tr; 1) as $b | ["edge-stdio", "edge-http", "edge-http-w1", "edge-pool4", "relay"][] as $t
+  (["http", "ws"][] as $tr | at("direct"; $tr; 1) as $b | $edges[] as $t
     | at($t; $tr; 1) // empty | select(.p50_us != null and $b.p50_us != null)
     | "- added p50 latency at 1 session, \($t) vs direct (\($tr)): \(.p50_us - $b.p50_us) µs (\(.p50_us) vs \($b.p50_us))"),
-  (["edge-http", "edge-http-w1", "edge-stdio", "edge-pool4", "relay"][] as $t | at($t; "http"; $n) // empty | select(.watch.gateway and $d.watch.gateway)
+  ($edges[] as $t | at($t; "http"; $n) // empty | select(.watch.gateway and $d.watch.gateway)
     | "- gateway CPU per call ÷ example-server CPU per call, \($t) (Streamable HTTP): \(.watch.gateway.cpu_us_per_call / $d.watch.gateway.cpu_us_per_call | r2) (\(.watch.gateway.cpu_us_per_call) ÷ \($d.watch.gateway.cpu_us_per_call) µs)"),
   (at("edge-http"; "http"; $n).watch.backend // empty
     | "- the upstream example server behind edge-http, same run: \(.cpu_us_per_call) µs CPU per call"),

@@ -3,8 +3,9 @@
 //! Any bytes: `Message::parse` (one pass) answers exactly what the slower two-step parse does,
 //! error included; `Body::parse` answers a body or a clean error. Every message it yields keeps raw
 //! bytes that parse again, alone, to the same message; so do its single-line form, the message
-//! with a `_meta` key added (as trace context, and spliced in as an event id), with a new id and
-//! with a progress token set.
+//! with a `_meta` key added (as trace context, and spliced in as an event id), with a new id (spliced
+//! where the parse found the old one, the same bytes as a fresh parse's rewrite) and with a
+//! progress token set.
 #![no_main]
 
 use bytes::Bytes;
@@ -71,16 +72,20 @@ fn check(m: &Message, batch: bool) {
         assert_eq!(traced.raw, m.raw, "with_meta touched a response");
     }
 
-    // A new id: every other member keeps its text, the kind stays (a notification with an
-    // id is a request).
-    if let Some(out) = rewrite::with_id(&m.raw, "\"edge.7\"") {
+    // A new id: the splice at the id the parse found gives exactly the bytes a fresh parse of
+    // the text gives; every other member keeps its text, the kind stays (a notification with
+    // an id is a request).
+    let spliced = m.with_id("\"edge.7\"");
+    assert_eq!(spliced, rewrite::with_id(&m.raw, "\"edge.7\""), "the splice and the rewrite differ");
+    if let Some(out) = spliced {
         let again = reparse(&out, "with_id");
         assert_eq!(again.id.as_ref().map(Id::as_json), Some("\"edge.7\""));
         let kind = if m.kind == Kind::Notification { Kind::Request } else { m.kind };
         assert_eq!(again.kind, kind, "with_id changed the kind");
         assert_eq!(again.method(), m.method());
         if let Some(id) = &m.id {
-            let back = rewrite::with_id(&out, id.as_json()).expect("an id rewritten twice");
+            let back = again.with_id(id.as_json()).expect("an id rewritten twice");
+            assert_eq!(Some(&back), rewrite::with_id(&out, id.as_json()).as_ref());
             assert_eq!(reparse(&back, "with_id twice").id.as_ref(), Some(id), "the id does not come back");
         }
     }
@@ -94,6 +99,8 @@ fn check(m: &Message, batch: bool) {
             let again = reparse(&answer.raw, "answering");
             assert!(fields(&again) == fields(&answer), "answering: {answer:?} vs {again:?}");
             assert_eq!(answer.id.as_ref(), Some(&id));
+            // The answer's own id is found again (a pool may rewrite it once more).
+            assert_eq!(answer.with_id("1"), rewrite::with_id(&answer.raw, "1"), "the answer's splice");
         }
     }
 

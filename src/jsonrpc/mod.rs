@@ -132,6 +132,9 @@ pub struct Message {
     pub progress_token: Option<Id>,
     /// `params.requestId` of a `notifications/cancelled`.
     pub cancelled_id: Option<Id>,
+    /// Where the parse found the `id` member's value in `raw` (start, end), so that a new id
+    /// can be spliced in without parsing the message again ([`Message::with_id`]).
+    id_at: Option<(u32, u32)>,
 }
 
 impl fmt::Debug for Message {
@@ -322,6 +325,12 @@ impl Message {
             Some(r) if r.get() == "null" => None,
             Some(r) => Some(Id::from_raw(r).ok_or(ParseError::Invalid("\"id\" must be a string or an integer"))?),
         };
+        // The parser borrowed the id's text from the same buffer `raw` shares.
+        let id_at = env.id.and_then(|r| {
+            let start = (r.get().as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+            let end = start + r.get().len();
+            (end <= raw.len()).then_some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
+        });
         let method = match env.method.map(|m| m.get().trim()) {
             None => None,
             // Without a backslash, a JSON string's text between its quotes is the string.
@@ -341,7 +350,7 @@ impl Message {
             (None, _, None, Some(_)) => Kind::Error,
             _ => return Err(ParseError::Invalid("not a request, notification or response")),
         };
-        let mut msg = Message { raw, kind, id, method, progress_token: None, cancelled_id: None };
+        let mut msg = Message { raw, kind, id, method, progress_token: None, cancelled_id: None, id_at };
         if let Some(params) = env.params {
             msg.read_params(params);
         }
@@ -430,15 +439,36 @@ impl Message {
         single_line(&self.raw)
     }
 
+    /// The message's text with its top-level `id` set to `id_json` (the JSON text of the new
+    /// id), every other byte kept. Spliced where the parse found the id; a message without an
+    /// id, or whose id the parse normalized (a string with escapes), takes
+    /// [`rewrite::with_id`], which parses the text again.
+    pub fn with_id(&self, id_json: &str) -> Option<Bytes> {
+        if let (Some((start, end)), Some(id)) = (self.id_at, &self.id) {
+            let (start, end) = (start as usize, end as usize);
+            if self.raw.get(start..end) == Some(id.as_json().as_bytes()) {
+                let mut out = Vec::with_capacity(self.raw.len() - (end - start) + id_json.len());
+                out.extend_from_slice(&self.raw[..start]);
+                out.extend_from_slice(id_json.as_bytes());
+                out.extend_from_slice(&self.raw[end..]);
+                return Some(Bytes::from(out));
+            }
+        }
+        rewrite::with_id(&self.raw, id_json)
+    }
+
     /// This response under another id (a pool gives the client its own id back): only the
-    /// `id` member changes ([`rewrite::with_id`]), so nothing needs parsing again. `None` for
+    /// `id` member changes ([`Message::with_id`]), so nothing needs parsing again. `None` for
     /// requests and notifications.
     pub fn answering(&self, id: &Id) -> Option<Message> {
         if !self.is_response() {
             return None;
         }
-        let raw = rewrite::with_id(&self.raw, id.as_json())?;
-        Some(Message { raw, id: Some(id.clone()), ..self.clone() })
+        let raw = self.with_id(id.as_json())?;
+        // Where the new id is, when it went where the old one was.
+        let id_at = self.id_at.map(|(start, _)| (start, start + id.as_json().len() as u32));
+        let id_at = id_at.filter(|&(s, e)| raw.get(s as usize..e as usize) == Some(id.as_json().as_bytes()));
+        Some(Message { raw, id: Some(id.clone()), id_at, ..self.clone() })
     }
 
     /// A result response the gateway makes itself; `result` is JSON text.
@@ -450,6 +480,7 @@ impl Message {
             method: None,
             progress_token: None,
             cancelled_id: None,
+            id_at: None,
         }
     }
 
@@ -572,6 +603,44 @@ mod tests {
 
     fn parse(s: &str) -> Result<Message, ParseError> {
         Message::parse(&Bytes::from(s.to_owned()))
+    }
+
+    #[test]
+    fn a_new_id_is_spliced_where_the_parse_found_the_old_one() {
+        let text = |b: Bytes| String::from_utf8(b.to_vec()).unwrap();
+        // What the splice trusts: the id's place in the message's own text.
+        let found = |m: &Message| m.id_at.map(|(s, e)| text(m.raw.slice(s as usize..e as usize)));
+        // Whitespace around the message and the id, an id-like text in params: only the
+        // top-level id changes, every other byte stays.
+        let m = parse(" \n{\"jsonrpc\":\"2.0\", \"id\" :  7 ,\"method\":\"x\",\"params\":{\"id\":7}}\n").unwrap();
+        assert_eq!(found(&m).as_deref(), Some("7"));
+        assert_eq!(
+            text(m.with_id("\"pool.1\"").unwrap()),
+            r#"{"jsonrpc":"2.0", "id" :  "pool.1" ,"method":"x","params":{"id":7}}"#
+        );
+        // A string id; then the answer's id back, twice over: each answer's id is found again.
+        let r = parse(r#"{"jsonrpc":"2.0","id":"a b","result":{"x": 1.50}}"#).unwrap();
+        let once = r.answering(&Id::number(12)).unwrap();
+        assert_eq!(&once.raw[..], br#"{"jsonrpc":"2.0","id":12,"result":{"x": 1.50}}"#);
+        let twice = once.answering(&Id(Arc::from("\"z\""))).unwrap();
+        assert_eq!(&twice.raw[..], br#"{"jsonrpc":"2.0","id":"z","result":{"x": 1.50}}"#);
+        assert_eq!(found(&twice).as_deref(), Some("\"z\""));
+        // A string id with escapes is kept normalized, so the splice is not trusted: the
+        // slower rewrite gives the same answer.
+        let e = parse(r#"{"jsonrpc":"2.0","id":"\u0061","result":{}}"#).unwrap();
+        assert_eq!(&e.with_id("5").unwrap()[..], br#"{"jsonrpc":"2.0","id":5,"result":{}}"#);
+        // The second message of a batch: its place in the batch's buffer is not its place in
+        // its own text.
+        let Ok(Body::Batch(batch)) = Body::parse(&Bytes::from_static(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"a"}, {"jsonrpc":"2.0","id":22,"method":"b"}]"#,
+        )) else {
+            panic!("a batch")
+        };
+        assert_eq!(found(&batch[1]).as_deref(), Some("22"));
+        assert_eq!(&batch[1].with_id("3").unwrap()[..], br#"{"jsonrpc":"2.0","id":3,"method":"b"}"#);
+        // An error with a null id: the null is replaced.
+        let n = parse(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#).unwrap();
+        assert_eq!(&n.with_id("4").unwrap()[..], br#"{"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"m"}}"#);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::{Shared, Slot, HEALTHY_AFTER};
 use crate::backend::{Context, Event, Outbox};
 use crate::error::GatewayError;
-use crate::jsonrpc::rewrite::{with_id, with_param};
+use crate::jsonrpc::rewrite::with_param;
 use crate::jsonrpc::{code, error_response, Kind, Message};
 use crate::retry::Backoff;
 
@@ -205,7 +205,7 @@ fn ask(shared: &Arc<Shared>, slot: &Slot, msg: &Message) {
     };
     let seen = format!("\"mcp-edge.pool.{}\"", ASKED.fetch_add(1, Ordering::Relaxed));
     Shared::lock(&entry.asked).insert(seen.clone(), (slot.index, id));
-    if let Some(b) = with_id(&msg.raw, &seen) {
+    if let Some(b) = msg.with_id(&seen) {
         shared.deliver(entry.key, Event::Message(b));
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Pending, SessionEntry, Shared, Slot};
 use crate::backend::{Connection, Context, Event, Gone, Outbox, Refused, Stopper};
 use crate::error::GatewayError;
-use crate::jsonrpc::rewrite::{with_id, with_param};
+use crate::jsonrpc::rewrite::with_param;
 use crate::jsonrpc::{Id, Kind, Message};
 
 /// Opens a session's connection to the pool.
@@ -200,7 +200,7 @@ fn send_on(
             *holder = Some(slot.index);
         }
     }
-    let mut body = with_id(&msg.raw, &child_id.to_string());
+    let mut body = msg.with_id(&child_id.to_string());
     if let (Some(b), Some(t)) = (&body, &token) {
         body = with_param(b, &["_meta", "progressToken"], t);
     }
@@ -237,7 +237,7 @@ fn answer(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, msg: &Message) {
     let Some(id) = &msg.id else { return };
     let asked = Shared::lock(&entry.asked).remove(id.as_json());
     let Some((slot, child_id)) = asked else { return };
-    if let Some(b) = with_id(&msg.raw, child_id.as_json()) {
+    if let Some(b) = msg.with_id(child_id.as_json()) {
         shared.slots[slot].send_or_wait(&shared.tasks, b, || {});
     }
 }
