@@ -444,17 +444,23 @@ impl Message {
     /// id, or whose id the parse normalized (a string with escapes), takes
     /// [`rewrite::with_id`], which parses the text again.
     pub fn with_id(&self, id_json: &str) -> Option<Bytes> {
+        self.replace_id(id_json).map(|(raw, _)| raw)
+    }
+
+    /// [`Message::with_id`], and where the new id is in the new text when it was spliced.
+    fn replace_id(&self, id_json: &str) -> Option<(Bytes, Option<(u32, u32)>)> {
         if let (Some((start, end)), Some(id)) = (self.id_at, &self.id) {
-            let (start, end) = (start as usize, end as usize);
-            if self.raw.get(start..end) == Some(id.as_json().as_bytes()) {
-                let mut out = Vec::with_capacity(self.raw.len() - (end - start) + id_json.len());
-                out.extend_from_slice(&self.raw[..start]);
+            let (s, e) = (start as usize, end as usize);
+            if self.raw.get(s..e) == Some(id.as_json().as_bytes()) {
+                let mut out = Vec::with_capacity(self.raw.len() - (e - s) + id_json.len());
+                out.extend_from_slice(&self.raw[..s]);
                 out.extend_from_slice(id_json.as_bytes());
-                out.extend_from_slice(&self.raw[end..]);
-                return Some(Bytes::from(out));
+                out.extend_from_slice(&self.raw[e..]);
+                let at = u32::try_from(id_json.len()).ok().and_then(|n| Some((start, start.checked_add(n)?)));
+                return Some((Bytes::from(out), at));
             }
         }
-        rewrite::with_id(&self.raw, id_json)
+        rewrite::with_id(&self.raw, id_json).map(|raw| (raw, None))
     }
 
     /// This response under another id (a pool gives the client its own id back): only the
@@ -464,10 +470,7 @@ impl Message {
         if !self.is_response() {
             return None;
         }
-        let raw = self.with_id(id.as_json())?;
-        // Where the new id is, when it went where the old one was.
-        let id_at = self.id_at.map(|(start, _)| (start, start + id.as_json().len() as u32));
-        let id_at = id_at.filter(|&(s, e)| raw.get(s as usize..e as usize) == Some(id.as_json().as_bytes()));
+        let (raw, id_at) = self.replace_id(id.as_json())?;
         Some(Message { raw, id: Some(id.clone()), id_at, ..self.clone() })
     }
 
