@@ -157,8 +157,19 @@ impl Actor {
         mut events: mpsc::Receiver<Event>,
         shutdown: CancellationToken,
     ) -> EndReason {
+        // One timer and one shutdown watch for the session's life, not one of each per turn:
+        // each would register with the runtime when polled and deregister when dropped. The
+        // timer is only ever moved earlier here; one that fires early finds nothing due and is
+        // set to the next wake-up.
+        let timer = sleep_until(self.next_wake());
+        tokio::pin!(timer);
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
         let reason = loop {
             let wake = self.next_wake();
+            if wake < timer.deadline() {
+                timer.as_mut().reset(wake);
+            }
             let stalled_tx = self.stalled.as_ref().map(|s| s.tx.clone());
             let reading = self.stalled.is_none();
             // Cancel-safe: every branch is a channel receive, a permit reservation, a sleep or a
@@ -185,12 +196,13 @@ impl Actor {
                     None => break EndReason::BackendClosed("backend connection lost".into()),
                 },
                 permit = reserve(stalled_tx), if !reading => self.on_room(permit),
-                _ = sleep_until(wake) => {
+                _ = &mut timer => {
                     if let Some(reason) = self.on_tick() {
                         break reason;
                     }
+                    timer.as_mut().reset(self.next_wake());
                 }
-                _ = shutdown.cancelled() => break EndReason::Shutdown,
+                _ = &mut stopping => break EndReason::Shutdown,
             }
             if self.overflowed {
                 break EndReason::ReplayOverflow;

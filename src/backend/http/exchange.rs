@@ -51,7 +51,7 @@ impl Purpose<'_> {
 }
 
 impl Link {
-    /// One POST and everything the upstream answers to it, until `cancel`.
+    /// One POST and everything the upstream answers to it, until `cancel` (then `Done`).
     pub(super) async fn exchange(
         &self,
         body: &Bytes,
@@ -59,11 +59,14 @@ impl Link {
         init: bool,
         cancel: &CancellationToken,
     ) -> Outcome {
+        // One watch on `cancel` for the whole exchange rather than one per step: each watch
+        // registers with the token when polled and deregisters when dropped.
+        Link::until(cancel, self.post(body, purpose, init, cancel)).await.unwrap_or(Outcome::Done)
+    }
+
+    async fn post(&self, body: &Bytes, purpose: Purpose<'_>, init: bool, cancel: &CancellationToken) -> Outcome {
         let gate = match purpose {
-            Purpose::Client(_) => match Link::until(cancel, self.gate.read()).await {
-                Some(g) => Some(g),
-                None => return Outcome::Done,
-            },
+            Purpose::Client(_) => Some(self.gate.read().await),
             Purpose::Internal(_) => None,
         };
         let mut snap = self.snapshot();
@@ -76,10 +79,9 @@ impl Link {
             set_session(&mut req, &snap);
             req
         };
-        let resp = match Link::until(cancel, self.up.send(build)).await {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => return Outcome::Failed(e.to_string()),
-            None => return Outcome::Done,
+        let resp = match self.up.send(build).await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(e.to_string()),
         };
         drop(gate);
         let status = resp.status();
@@ -98,14 +100,10 @@ impl Link {
         }
         match &*media_type(resp.headers()) {
             "text/event-stream" => Box::pin(self.read_stream(resp.into_body(), purpose, init, cancel)).await,
-            "application/json" => {
-                let read = Link::until(cancel, read_body(resp.into_body(), self.up.config.max_message_bytes));
-                match read.await {
-                    Some(Ok(body)) => self.json_body(&body, purpose, init).await,
-                    Some(Err(why)) => Outcome::Failed(why),
-                    None => Outcome::Done,
-                }
-            }
+            "application/json" => match read_body(resp.into_body(), self.up.config.max_message_bytes).await {
+                Ok(body) => self.json_body(&body, purpose, init).await,
+                Err(why) => Outcome::Failed(why),
+            },
             other => Outcome::Failed(format!("the upstream answered with Content-Type `{other}`")),
         }
     }
