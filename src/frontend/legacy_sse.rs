@@ -158,7 +158,7 @@ async fn open(
     })?;
     let (tx, frames) = mpsc::channel(app.served().config.legacy_sse.send_queue);
     let attach = Attach::Connection { after: None, preface: None };
-    let stream = match session.open(attach, Sink::new(tx, Delivery::Backpressure)).await {
+    let stream = match session.open(attach, Sink::new(tx, Delivery::Backpressure)) {
         Ok(opened) => opened.stream,
         Err(e) => {
             session.end(EndReason::InitializeFailed);
@@ -211,7 +211,7 @@ async fn post(
     }
     let initialize = conn.admit(&msgs, batch)?;
     let first_request = msgs.iter().find(|m| m.is_request()).and_then(|m| m.id.clone());
-    if let Err(e) = conn.session.submit(msgs.clone(), Target::Stream(conn.stream)).await {
+    if let Err(e) = conn.session.submit(&msgs, Target::Stream(conn.stream)) {
         if initialize {
             conn.state().initializing = None;
         }

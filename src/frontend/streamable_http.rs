@@ -217,7 +217,7 @@ async fn post(
     let first_request = msgs.iter().find(|m| m.is_request()).and_then(|m| m.id.clone());
     let Some(first_request) = first_request else {
         // Only notifications and responses: hand them over and acknowledge.
-        session.submit(msgs.clone(), Target::None).await?;
+        session.submit(&msgs, Target::None)?;
         // Bounded like a request's forward: a backend that stopped reading does not hold the
         // client here for ever.
         if let Ok(r) = tokio::time::timeout(app.served().config.sessions.request_timeout, session.forward(&msgs)).await
@@ -227,7 +227,7 @@ async fn post(
         return Ok(status_only(StatusCode::ACCEPTED));
     };
     let (tx, rx) = mpsc::channel(app.served().config.sessions.stream_queue);
-    let opened = match session.submit(msgs.clone(), Target::NewStream(Sink::new(tx, Delivery::Detach))).await {
+    let opened = match session.submit(&msgs, Target::NewStream(Sink::new(tx, Delivery::Detach))) {
         Ok(o) => o,
         Err(e) if e.status() == StatusCode::OK => return Ok(in_band(&e, &first_request)),
         Err(e) => return Err(e),
@@ -366,7 +366,7 @@ async fn initialize(
     };
     let mut guard = Unpublished(Some(handle.clone()));
     let (tx, mut rx) = mpsc::channel(app.served().config.sessions.stream_queue);
-    if let Err(e) = handle.submit(vec![msg.clone()], Target::NewStream(Sink::new(tx, Delivery::Detach))).await {
+    if let Err(e) = handle.submit(std::slice::from_ref(&msg), Target::NewStream(Sink::new(tx, Delivery::Detach))) {
         // The backend died before the session took the request.
         let e = if e == GatewayError::UnknownSession {
             EndReason::BackendClosed("backend exited".into()).error()
@@ -432,7 +432,7 @@ async fn get(
         Some(id) => Attach::After(id),
         None => Attach::Standalone,
     };
-    let opened = session.open(attach, Sink::new(tx, Delivery::Detach)).await?;
+    let opened = session.open(attach, Sink::new(tx, Delivery::Detach))?;
     let mut prefix = Vec::new();
     if protocol::wants_priming(version) && !resumed {
         prefix.push(sse::priming(opened.stream, opened.resume_from));

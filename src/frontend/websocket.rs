@@ -277,7 +277,7 @@ impl Connection {
         after: Option<String>,
         preface: Option<Bytes>,
     ) -> Result<(), GatewayError> {
-        let opened = session.open(Attach::Connection { after, preface }, self.sink()).await?;
+        let opened = session.open(Attach::Connection { after, preface }, self.sink())?;
         tracing::info!(session.id = session.id(), "A WebSocket connection resumed its session.");
         self.bound = Some((session, opened.stream));
         self.shared().bound = true;
@@ -454,7 +454,7 @@ impl Connection {
         if batch && !protocol::allows_batch(session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER)) {
             return refuse(GatewayError::BatchNotAllowed, first_request).await;
         }
-        match session.submit(msgs.clone(), Target::Stream(stream)).await {
+        match session.submit(&msgs, Target::Stream(stream)) {
             Ok(_) => {
                 let _ = session.forward(&msgs).await;
             }
@@ -466,7 +466,7 @@ impl Connection {
     /// session when the InitializeResult passes through.
     async fn initialize(&mut self, msg: Message, id: Id) -> Result<(), GatewayError> {
         let session = self.app.registry.start(&self.route, &self.backend, Transport::WebSocket, &self.caller).await?;
-        let stream = match session.open(Attach::Connection { after: None, preface: None }, self.sink()).await {
+        let stream = match session.open(Attach::Connection { after: None, preface: None }, self.sink()) {
             Ok(o) => o.stream,
             Err(e) => {
                 session.end(EndReason::InitializeFailed);
@@ -479,7 +479,7 @@ impl Connection {
             sh.bound = true;
         }
         self.bound = Some((session.clone(), stream));
-        if let Err(e) = session.submit(vec![msg.clone()], Target::Stream(stream)).await {
+        if let Err(e) = session.submit(std::slice::from_ref(&msg), Target::Stream(stream)) {
             {
                 let mut sh = self.shared();
                 sh.initializing = None;

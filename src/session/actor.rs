@@ -1,6 +1,9 @@
-//! The session task: routes every message between one client and one backend connection.
+//! The session's core: routes every message between one client and one backend connection.
 //!
-//! Owns the in-flight table (request id → stream, deadline, progress token), the logical
+//! The core is shared, under a lock, by the session's task and its handles: a handle applies
+//! what a client sends (requests to register, a reader to attach) at once, in the frontend's
+//! own task, and the session's task applies what the backend sends, the timers, and a
+//! reader's room coming back. Nothing awaits while holding the lock. Owns the in-flight table (request id → stream, deadline, progress token), the logical
 //! streams and the replay buffer. Streams are of two kinds: a request stream per HTTP POST that
 //! carried requests (complete after its last response), and the persistent standalone stream,
 //! read by an HTTP GET or by a WebSocket connection (which also sends its requests on it).
@@ -27,6 +30,7 @@ use crate::backend::{Event, Outbox};
 use crate::config::SessionConfig;
 use crate::error::GatewayError;
 use crate::jsonrpc::{cancelled_notification, Id, Kind, Message};
+use std::sync::{Mutex, MutexGuard};
 
 /// How long the end of a session waits for a stuck WebSocket reader to take its last frames.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -121,6 +125,19 @@ pub(super) struct Actor {
     overflowed: bool,
     /// What the session's principal may use (`routes.allow`); list results are filtered by it.
     grants: Option<Arc<Grants>>,
+    /// When the session's task wakes up next for its timers: a handle that needs it earlier
+    /// wakes it.
+    armed: Instant,
+    /// The session's task stopped serving: handles get "unknown session".
+    ended: bool,
+}
+
+/// The core as the session's task and its handles share it.
+pub(super) type Core = Arc<Mutex<Actor>>;
+
+/// Locks the core; a panic elsewhere while it was held leaves it usable.
+pub(super) fn lock(core: &Mutex<Actor>) -> MutexGuard<'_, Actor> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Actor {
@@ -148,11 +165,22 @@ impl Actor {
             away_since: None,
             overflowed: false,
             grants,
+            armed: Instant::now(),
+            ended: false,
         }
     }
 
+    /// Whether the session's task must wake up to see what a handle changed: its next
+    /// deadline moved earlier than it waits for.
+    pub(super) fn wants_wake(&self) -> bool {
+        self.next_wake() < self.armed
+    }
+
+    /// The session's task: applies the backend's messages, the timers, a stuck reader's
+    /// room coming back and shutdown to the core until the session ends; then fails what is in
+    /// flight and closes the readers.
     pub(super) async fn run(
-        mut self,
+        core: Core,
         mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::Receiver<Event>,
         shutdown: CancellationToken,
@@ -161,56 +189,53 @@ impl Actor {
         // each would register with the runtime when polled and deregister when dropped. The
         // timer is only ever moved earlier here; one that fires early finds nothing due and is
         // set to the next wake-up.
-        let timer = sleep_until(self.next_wake());
+        let timer = sleep_until(lock(&core).next_wake());
         tokio::pin!(timer);
         let stopping = shutdown.cancelled();
         tokio::pin!(stopping);
         let reason = loop {
-            let wake = self.next_wake();
-            if wake < timer.deadline() {
-                timer.as_mut().reset(wake);
-            }
-            let stalled_tx = self.stalled.as_ref().map(|s| s.tx.clone());
-            let reading = self.stalled.is_none();
+            let stalled_tx = {
+                let mut a = lock(&core);
+                if a.overflowed {
+                    break EndReason::ReplayOverflow;
+                }
+                let wake = a.next_wake();
+                if wake < timer.deadline() {
+                    timer.as_mut().reset(wake);
+                }
+                a.armed = timer.deadline();
+                a.stalled.as_ref().map(|s| s.tx.clone())
+            };
+            let reading = stalled_tx.is_none();
             // Cancel-safe: every branch is a channel receive, a permit reservation, a sleep or a
             // token; none loses a message when another branch wins.
             tokio::select! {
                 c = commands.recv() => match c {
                     Some(Command::End(reason)) => break *reason,
-                    Some(Command::Client(c)) => {
-                        let (msgs, target, reply) = *c;
-                        let _ = reply.send(self.on_client(msgs, target));
-                    }
-                    Some(Command::Open(c)) => {
-                        let (attach, sink, reply) = *c;
-                        let _ = reply.send(self.on_open(attach, sink));
-                    }
-                    Some(Command::Away { stream }) => self.on_away(stream),
+                    Some(Command::Wake) => {}
                     None => break EndReason::InitializeFailed,
                 },
                 e = events.recv(), if reading => match e {
-                    Some(Event::Message(line)) => self.on_backend_line(line),
-                    Some(Event::Parsed(msg)) => self.on_backend(*msg),
+                    Some(Event::Message(line)) => lock(&core).on_backend_line(line),
+                    Some(Event::Parsed(msg)) => lock(&core).on_backend(*msg),
                     Some(Event::Closed(why)) => break EndReason::BackendClosed(why),
                     Some(Event::SessionLost(why)) => break EndReason::UpstreamLost(why),
                     None => break EndReason::BackendClosed("backend connection lost".into()),
                 },
-                permit = reserve(stalled_tx), if !reading => self.on_room(permit),
+                permit = reserve(stalled_tx), if !reading => lock(&core).on_room(permit),
                 _ = &mut timer => {
-                    if let Some(reason) = self.on_tick() {
+                    let mut a = lock(&core);
+                    if let Some(reason) = a.on_tick() {
                         break reason;
                     }
-                    timer.as_mut().reset(self.next_wake());
+                    timer.as_mut().reset(a.next_wake());
                 }
                 _ = &mut stopping => break EndReason::Shutdown,
-            }
-            if self.overflowed {
-                break EndReason::ReplayOverflow;
             }
         };
         // Boxed: once per session, and every live session's task would otherwise keep room
         // for this future.
-        Box::pin(self.finish(&reason)).await;
+        Box::pin(Actor::finish(&core, &reason)).await;
         reason
     }
 
@@ -220,7 +245,12 @@ impl Actor {
         self.pending.values().map(|p| p.deadline).chain(grace).fold(idle, Instant::min)
     }
 
-    fn on_client(&mut self, msgs: Vec<Message>, target: Target) -> Result<Opened, GatewayError> {
+    /// Client messages: requests are registered to be answered on `target`, cancellations
+    /// are applied.
+    pub(super) fn on_client(&mut self, msgs: &[Message], target: Target) -> Result<Opened, GatewayError> {
+        if self.ended {
+            return Err(GatewayError::UnknownSession);
+        }
         let now = Instant::now();
         self.last_activity = now;
         let requests = || msgs.iter().filter(|m| m.is_request());
@@ -233,7 +263,7 @@ impl Actor {
                 return Err(GatewayError::DuplicateId(id.to_string()));
             }
         }
-        for m in &msgs {
+        for m in msgs {
             if m.method() == Some("notifications/cancelled") {
                 if let Some(id) = &m.cancelled_id {
                     self.cancel(id);
@@ -271,7 +301,11 @@ impl Actor {
         Ok(Opened { stream, replay: Vec::new(), complete: false, resume_from: 0 })
     }
 
-    fn on_open(&mut self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
+    /// A reader attaches to a stream.
+    pub(super) fn on_open(&mut self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
+        if self.ended {
+            return Err(GatewayError::UnknownSession);
+        }
         self.last_activity = Instant::now();
         if !matches!(attach, Attach::Connection { .. }) {
             let open = self.streams.values().filter(|s| s.by_get && s.live()).count();
@@ -335,7 +369,9 @@ impl Actor {
         Ok(Opened { stream, replay, complete, resume_from })
     }
 
-    fn on_away(&mut self, stream: u64) {
+    /// The WebSocket reading `stream` dropped without a close frame: the session waits
+    /// `resume_grace` for it.
+    pub(super) fn on_away(&mut self, stream: u64) {
         let Some(s) = self.streams.get_mut(&stream) else { return };
         if s.live() {
             return; // A newer connection already took over.
@@ -431,8 +467,29 @@ impl Actor {
     }
 
     /// Gives every in-flight request its error, tells every reader why the session ended,
-    /// and drops the readers (ending their streams).
-    async fn finish(&mut self, reason: &EndReason) {
+    /// and drops the readers (ending their streams). From now on handles are refused.
+    async fn finish(core: &Mutex<Actor>, reason: &EndReason) {
+        let mut stalled = {
+            let mut a = lock(core);
+            a.ended = true;
+            a.fail_all(reason);
+            a.stalled.as_ref().map(|s| s.tx.clone())
+        };
+        let deadline = Instant::now() + FINAL_FLUSH;
+        while let Some(tx) = stalled {
+            match tokio::time::timeout_at(deadline, reserve(Some(tx))).await {
+                Ok(permit) => {
+                    let mut a = lock(core);
+                    a.on_room(permit);
+                    stalled = a.stalled.as_ref().map(|s| s.tx.clone());
+                }
+                Err(_) => break,
+            }
+        }
+        lock(core).streams.clear();
+    }
+
+    fn fail_all(&mut self, reason: &EndReason) {
         let err = reason.error();
         // When the session ends in a way the client must act on (initialize again), a request
         // on its own HTTP stream gets its error as `Frame::Ended`, which the frontend answers
@@ -455,14 +512,6 @@ impl Actor {
         for stream in live {
             self.deliver(stream, Frame::Closed(reason.clone()));
         }
-        let deadline = Instant::now() + FINAL_FLUSH;
-        while let Some(tx) = self.stalled.as_ref().map(|s| s.tx.clone()) {
-            match tokio::time::timeout_at(deadline, reserve(Some(tx))).await {
-                Ok(permit) => self.on_room(permit),
-                Err(_) => break,
-            }
-        }
-        self.streams.clear();
     }
 
     /// Where a reader that names no event id starts: after what was delivered, or after what

@@ -1,9 +1,10 @@
 //! Sessions: the gateway's own object behind every client, whatever transport carries it.
 //!
-//! A session is a task (the [`actor`]) that owns its backend connection, the table of
-//! in-flight requests, its logical streams and its replay buffer. Frontends talk to it through
-//! a [`SessionHandle`] with bounded channels and never see the backend's I/O; the session never
-//! sees sockets, only [`Sink`]s. The [`Registry`] maps published ids to handles and bounds how
+//! A session is a core (the [`actor`]) that owns the table of in-flight requests, its
+//! logical streams and its replay buffer, and a task that feeds it its backend connection's
+//! messages and its timers. Frontends reach the core through a [`SessionHandle`], which applies
+//! a client's messages to it at once, and never see the backend's I/O; the session never sees
+//! sockets, only [`Sink`]s. The [`Registry`] maps published ids to handles and bounds how
 //! many sessions exist.
 
 mod actor;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use dashmap::DashMap;
 use rand::RngCore;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -213,28 +214,20 @@ pub struct Opened {
     pub resume_from: u64,
 }
 
-/// What a session is asked to do. Large parts are boxed: every session's command queue
-/// allocates room for 32 commands up front, and most sessions are idle.
+/// What a session's task is told by its handles. The reason is boxed: every session's
+/// command queue allocates room for 32 commands up front, and most sessions are idle.
 enum Command {
-    /// Client messages; requests among them are answered on the target.
-    Client(Box<(Vec<Message>, Target, Reply)>),
-    /// A reader attaches to a stream.
-    Open(Box<(Attach, Sink, Reply)>),
-    /// The WebSocket of `stream` dropped without a close frame: keep the session for
-    /// `resume_grace`.
-    Away {
-        stream: u64,
-    },
+    /// A handle changed what the task waits for (an earlier deadline, a reader): look again.
+    Wake,
     End(Box<EndReason>),
 }
-
-type Reply = oneshot::Sender<Result<Opened, GatewayError>>;
 
 struct Inner {
     id: Arc<str>,
     /// The route path the session was created on; the id means nothing on another route.
     route: Arc<str>,
     commands: mpsc::Sender<Command>,
+    core: actor::Core,
     backend: backend::Outbox,
     /// The protocol version the backend answered `initialize` with.
     version: OnceLock<Box<str>>,
@@ -274,10 +267,16 @@ impl SessionHandle {
 
     /// Hands client messages to the session: requests are registered to be answered on
     /// `target`, cancellations are applied. The caller then sends them to the backend.
-    pub async fn submit(&self, msgs: Vec<Message>, target: Target) -> Result<Opened, GatewayError> {
-        let (reply, rx) = oneshot::channel();
-        self.command(Command::Client(Box::new((msgs, target, reply)))).await?;
-        rx.await.map_err(|_| gone())?
+    pub fn submit(&self, msgs: &[Message], target: Target) -> Result<Opened, GatewayError> {
+        let (opened, wake) = {
+            let mut core = actor::lock(&self.0.core);
+            let opened = core.on_client(msgs, target);
+            (opened, core.wants_wake())
+        };
+        if wake {
+            self.wake();
+        }
+        opened
     }
 
     /// Writes messages to the backend, waiting for room in its queue.
@@ -289,26 +288,35 @@ impl SessionHandle {
     }
 
     /// Attaches a reader to a stream.
-    pub async fn open(&self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
-        let (reply, rx) = oneshot::channel();
-        self.command(Command::Open(Box::new((attach, sink, reply)))).await?;
-        rx.await.map_err(|_| gone())?
+    pub fn open(&self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
+        let opened = actor::lock(&self.0.core).on_open(attach, sink);
+        // The reader may have been handed more than its queue holds, or taken over a stuck
+        // one: the task looks again at what it waits for.
+        self.wake();
+        opened
     }
 
-    /// Tells the session that the WebSocket reading `stream` dropped; returns at once.
+    /// Tells the session that the WebSocket reading `stream` dropped.
     pub fn away(&self, stream: u64) {
-        let tx = self.0.commands.clone();
-        tokio::spawn(async move { tx.send(Command::Away { stream }).await });
+        let wake = {
+            let mut core = actor::lock(&self.0.core);
+            core.on_away(stream);
+            core.wants_wake()
+        };
+        if wake {
+            self.wake();
+        }
+    }
+
+    /// Wakes the session's task. A full queue holds commands that wake it anyway.
+    fn wake(&self) {
+        let _ = self.0.commands.try_send(Command::Wake);
     }
 
     /// Asks the session to end; returns at once.
     pub fn end(&self, reason: EndReason) {
         let tx = self.0.commands.clone();
         tokio::spawn(async move { tx.send(Command::End(Box::new(reason))).await });
-    }
-
-    async fn command(&self, c: Command) -> Result<(), GatewayError> {
-        self.0.commands.send(c).await.map_err(|_| gone())
     }
 }
 
@@ -574,18 +582,20 @@ impl Registry {
         let ctx = backend::Context { self_exe: self.self_exe.clone(), session_id: id.clone() };
         let conn = backend.connect(&ctx).await.map_err(|e| GatewayError::BackendUnavailable(e.0))?;
         let (commands, rx) = mpsc::channel(64);
+        let (in_flight, metrics, grants) =
+            (self.in_flight.clone(), actor::RouteMetrics::new(&self.metrics, route), caller.1.clone());
+        let core = Arc::new(Mutex::new(actor::Actor::new(config, conn.tx.clone(), in_flight, metrics, grants)));
         let handle = SessionHandle(Arc::new(Inner {
             id: id.clone(),
             route: Arc::from(route),
             commands,
+            core: core.clone(),
             backend: conn.tx.clone(),
             version: OnceLock::new(),
             initialize_result: OnceLock::new(),
             caller: caller.clone(),
         }));
         let m = &self.metrics;
-        let (tx, in_flight, metrics, grants) =
-            (conn.tx.clone(), self.in_flight.clone(), actor::RouteMetrics::new(m, route), caller.1.clone());
         let shutdown = self.shutdown.clone();
         let registry = self.clone();
         let span = tracing::info_span!("session", session.id = %handle.id(), route = route, backend.name = backend.name(), transport = transport.label());
@@ -595,10 +605,7 @@ impl Registry {
         let route_label: Arc<str> = Arc::from(route);
         let session_id = ctx.session_id;
         self.tasks.spawn(async move {
-            // Made here, not captured: a captured actor would keep its room in the task
-            // after moving into `run`.
-            let actor = actor::Actor::new(config, tx, in_flight, metrics, grants);
-            let reason = actor.run(rx, conn.events, shutdown).await;
+            let reason = actor::Actor::run(core, rx, conn.events, shutdown).await;
             ended.with_label_values(&[&route_label, reason.label()]).inc();
             drop(live);
             if registry.sessions.remove(&*session_id).is_some() {

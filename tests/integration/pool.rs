@@ -11,9 +11,13 @@ use crate::common::ws::{connect, ws_url, Ws};
 use crate::common::{default_config, eventually, procs, stdio, TestGateway};
 
 async fn pooled(size: usize) -> TestGateway {
+    pooled_with(PoolConfig::of(size)).await
+}
+
+async fn pooled_with(pool: PoolConfig) -> TestGateway {
     let mut c = default_config();
     c.sessions.max_sessions = 500;
-    stdio(&mut c).pool = Some(PoolConfig::of(size));
+    stdio(&mut c).pool = Some(pool);
     TestGateway::start(c).await
 }
 
@@ -34,7 +38,8 @@ async fn session(gw: &TestGateway) -> Ws {
 
 #[tokio::test]
 async fn sixty_four_sessions_share_four_children_and_every_answer_finds_its_caller() {
-    let gw = pooled(4).await;
+    // Every call is sent at once: the queue holds them all (going over it is tested apart).
+    let gw = pooled_with(PoolConfig { queue: 64 * 100, ..PoolConfig::of(4) }).await;
     let mut sessions = Vec::new();
     for _ in 0..64 {
         sessions.push(session(&gw).await);
@@ -57,7 +62,7 @@ async fn sixty_four_sessions_share_four_children_and_every_answer_finds_its_call
             let want = expected
                 .remove(&v["id"].to_string())
                 .unwrap_or_else(|| panic!("session {s} got an answer it did not ask for: {v}"));
-            assert_eq!(v["result"]["content"][0]["text"], want, "session {s}");
+            assert_eq!(v["result"]["content"][0]["text"], want, "session {s}: {v}");
         }
         ws
     });
