@@ -41,7 +41,7 @@ impl SseBackend {
     /// Opens the upstream's SSE stream for one gateway session.
     pub fn connect(&self, _ctx: &Context) -> Connection {
         let (tx, rx) = mpsc::channel(self.up.config.send_queue);
-        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (events_tx, events) = super::events(EVENT_QUEUE);
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(self.up.clone(), None, rx, events_tx, stop.clone()));
         Connection { tx: tx.into(), events, stopper: Stopper::Tasks(vec![task.abort_handle()]) }
@@ -54,7 +54,7 @@ pub async fn run(
     up: Arc<Upstream>,
     first: Option<Bytes>,
     rx: mpsc::Receiver<Bytes>,
-    events: mpsc::Sender<Event>,
+    events: super::Events,
     stop: CancellationToken,
 ) {
     // Cancel-safe: stopping drops the stream and the POST in flight, which ends the link.
@@ -72,7 +72,7 @@ async fn link(
     up: &Upstream,
     first: Option<Bytes>,
     mut rx: mpsc::Receiver<Bytes>,
-    events: &mpsc::Sender<Event>,
+    events: &super::Events,
 ) -> Result<(), String> {
     let resp =
         up.send(|| up.request(Method::GET, &up.url, "text/event-stream", None)).await.map_err(|e| e.to_string())?;
@@ -126,7 +126,7 @@ async fn endpoint(body: &mut Body, decoder: &mut Decoder) -> Result<(String, Vec
 }
 
 /// Forwards `message` events to the session until the stream ends.
-async fn read(mut body: Body, mut decoder: Decoder, events: &mpsc::Sender<Event>) -> Result<(), String> {
+async fn read(mut body: Body, mut decoder: Decoder, events: &super::Events) -> Result<(), String> {
     loop {
         let chunk = match body.frame().await {
             Some(Ok(f)) => f.into_data().unwrap_or_default(),
@@ -142,7 +142,7 @@ async fn read(mut body: Body, mut decoder: Decoder, events: &mpsc::Sender<Event>
 }
 
 /// POSTs one message; a refused request is answered with an error at once.
-async fn post(up: &Upstream, endpoint: &Uri, msg: Bytes, events: &mpsc::Sender<Event>) -> Result<(), String> {
+async fn post(up: &Upstream, endpoint: &Uri, msg: Bytes, events: &super::Events) -> Result<(), String> {
     let id = Message::parse(&msg).ok().filter(Message::is_request).and_then(|m| m.id);
     let why = match up
         .send(|| up.request(Method::POST, endpoint, "application/json, text/event-stream", Some(msg.clone())))

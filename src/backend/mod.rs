@@ -13,7 +13,8 @@ pub mod stdio;
 pub mod upstream;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -36,6 +37,108 @@ pub enum Event {
     /// The server forgot this client's session and it could not be restored: the client
     /// must initialize again.
     SessionLost(String),
+}
+
+/// Where a backend's events go: straight into the session that reads them when nothing sent
+/// before is still queued (in the sender's own task, no hand-off), otherwise through a bounded
+/// queue the session's task reads, in order. Made by [`events`].
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Event>,
+    shared: Arc<EventsShared>,
+}
+
+struct EventsShared {
+    /// Events sent through the queue and not yet applied by the session.
+    queued: AtomicUsize,
+    /// The session's way in, once it is bound.
+    direct: OnceLock<Arc<dyn Direct>>,
+}
+
+/// A session that takes a backend's events in the sender's task.
+pub trait Direct: Send + Sync {
+    /// Applies `event` now, when `queued` (read and raised under the session's own lock) says
+    /// nothing is queued before it and the session can take it; otherwise counts it in
+    /// `queued` and gives it back, to be sent through the queue.
+    fn apply(&self, event: Event, queued: &AtomicUsize) -> Result<(), Event>;
+}
+
+/// A bounded events queue of `capacity` and its sending side.
+pub fn events(capacity: usize) -> (Events, EventQueue) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let shared = Arc::new(EventsShared { queued: AtomicUsize::new(0), direct: OnceLock::new() });
+    (Events { tx, shared: shared.clone() }, EventQueue { rx, shared })
+}
+
+impl Events {
+    /// Hands an event over, waiting for room in the queue when it cannot be applied at once.
+    pub async fn send(&self, event: Event) -> Result<(), Gone> {
+        let Some(event) = self.apply(event) else { return Ok(()) };
+        // Counted until sent: an event that never goes in is not waited for.
+        let uncount = Uncount(&self.shared.queued);
+        let permit = self.tx.reserve().await.map_err(|_| Gone)?;
+        std::mem::forget(uncount);
+        permit.send(event);
+        Ok(())
+    }
+
+    /// Hands an event over without waiting; gives it back when the queue is full or gone.
+    pub fn try_send(&self, event: Event) -> Result<(), mpsc::error::TrySendError<Event>> {
+        let Some(event) = self.apply(event) else { return Ok(()) };
+        self.tx.try_send(event).inspect_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        })
+    }
+
+    /// Free places in the queue.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+
+    /// Applies the event at once when the session can take it; else counts it as queued and
+    /// gives it back.
+    fn apply(&self, event: Event) -> Option<Event> {
+        match self.shared.direct.get() {
+            Some(d) => d.apply(event, &self.shared.queued).err(),
+            None => {
+                self.shared.queued.fetch_add(1, Ordering::SeqCst);
+                Some(event)
+            }
+        }
+    }
+}
+
+/// Gives back a queued event's count when it was not sent after all.
+struct Uncount<'a>(&'a AtomicUsize);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The reading side of a backend's events.
+pub struct EventQueue {
+    rx: mpsc::Receiver<Event>,
+    shared: Arc<EventsShared>,
+}
+
+impl EventQueue {
+    /// The next queued event; the reader calls [`EventQueue::applied`] once it has applied it.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The event last received is applied: a later one may now be applied at once. Called
+    /// under the same lock as [`Direct::apply`] takes.
+    pub fn applied(&self) {
+        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// From now on, events are applied in their sender's task whenever `direct` can.
+    pub fn bind(&self, direct: Arc<dyn Direct>) {
+        let _ = self.shared.direct.set(direct);
+    }
 }
 
 /// Facts a backend needs from the gateway to start a server.
@@ -62,6 +165,46 @@ pub enum Outbox {
     Upstream(http::Port),
 }
 
+/// A request's exchange with an upstream, for a caller that waits for its answer to drive in
+/// its own task (no hand-off to a task of the exchange's own and back). Dropped before it is
+/// over — the caller stopped waiting — it carries on in a task of its own.
+pub struct Call(Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>);
+
+impl Call {
+    /// Boxed: an exchange's future is kilobytes (re-initializing, streams, refusals), and a
+    /// task's future is moved whole when it is spawned.
+    fn new(exchange: impl std::future::Future<Output = ()> + Send + 'static) -> Call {
+        Call(Some(Box::pin(exchange)))
+    }
+
+    /// Lets the exchange go on in a task of its own.
+    pub fn detach(mut self) {
+        if let Some(exchange) = self.0.take() {
+            tokio::spawn(exchange);
+        }
+    }
+}
+
+impl std::future::Future for Call {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(exchange) = self.0.as_mut() else { return std::task::Poll::Ready(()) };
+        std::task::ready!(exchange.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(())
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // Outside a runtime (it is shutting down) the exchange ends with it.
+        if let (Some(exchange), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(exchange);
+        }
+    }
+}
+
 /// The backend takes no more messages: it is gone, or the session's part in it ended.
 #[derive(Debug)]
 pub struct Gone;
@@ -83,6 +226,15 @@ impl Outbox {
             Outbox::Queue(tx) => tx.send(msg.single_line()).await.map_err(|_| Gone),
             Outbox::Pool(port) => port.route(msg.on_one_line()).await,
             Outbox::Upstream(port) => port.route(msg.clone()).await,
+        }
+    }
+
+    /// [`Outbox::forward`] for a caller that waits for the answer: a request that an HTTP
+    /// upstream link starts at once comes back as the [`Call`] to drive.
+    pub async fn forward_driven(&self, msg: &Message) -> Result<Option<Call>, Gone> {
+        match self {
+            Outbox::Upstream(port) => port.route_driven(msg.clone()).await,
+            other => other.forward(msg).await.map(|()| None),
         }
     }
 
@@ -117,7 +269,7 @@ pub struct Connection {
     /// Messages towards the server.
     pub tx: Outbox,
     /// Messages and the final close from the server.
-    pub events: mpsc::Receiver<Event>,
+    pub events: EventQueue,
     pub stopper: Stopper,
 }
 

@@ -147,7 +147,7 @@ impl StdioBackend {
         tracing::debug!(parent: &span, pid = pid.map(|p| p.as_raw()).unwrap_or(0), program = %program.display(), "Started a stdio child.");
 
         let (tx, rx) = mpsc::channel(self.config.stdin_queue);
-        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (events_tx, events) = super::events(EVENT_QUEUE);
         let close_stdin = CancellationToken::new();
         let (exit_tx, exit_rx) = watch::channel(None);
 
@@ -225,7 +225,7 @@ async fn write_stdin(stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>, close: Ca
     // Dropping the writer closes the child's stdin: the polite "please exit".
 }
 
-async fn read_stdout(stdout: impl AsyncRead + Unpin, max: usize, events: mpsc::Sender<Event>) {
+async fn read_stdout(stdout: impl AsyncRead + Unpin, max: usize, events: super::Events) {
     let mut lines = FramedRead::with_capacity(stdout, LineCodec::new(max), STDOUT_BUFFER);
     while let Some(line) = lines.next().await {
         match line {

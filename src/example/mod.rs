@@ -199,7 +199,7 @@ pub fn connect() -> crate::backend::Connection {
     use crate::backend::{Connection, Event, Stopper};
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(256);
-    let (events_tx, events) = mpsc::channel(64);
+    let (events_tx, events) = crate::backend::events(64);
     let peer = Peer::new(out_tx);
     let read = tokio::spawn(async move {
         while let Some(line) = rx.recv().await {

@@ -19,7 +19,7 @@ use super::sse::{self, StreamOptions};
 use super::websocket;
 use super::{error_reply, json_response, App, Body};
 use crate::auth::Caller;
-use crate::backend::Backend;
+use crate::backend::{Backend, Call};
 use crate::error::GatewayError;
 use crate::jsonrpc::{Body as RpcBody, Id, Kind, Message, ParseError};
 use crate::protocol::{self, Era};
@@ -235,8 +235,25 @@ async fn post(
     // A failed write means the backend is gone, and a write that waits past the request
     // timeout means it stopped reading: either way the session answers every pending request
     // with an error on `rx`, so the response below still completes.
-    let _ = tokio::time::timeout(app.served().config.sessions.request_timeout, session.forward(&msgs)).await;
-    Ok(respond(app, route, version, opened, rx, batch).await)
+    // The exchanges that started at once (with an HTTP upstream) are driven here while the
+    // answer is awaited; whatever is not over when the response is made goes on by itself.
+    let forwarded = tokio::time::timeout(app.served().config.sessions.request_timeout, session.forward_driven(&msgs));
+    let calls = match forwarded.await {
+        Ok(Ok(calls)) => calls,
+        _ => Vec::new(),
+    };
+    Ok(respond(app, route, version, opened, rx, batch, calls).await)
+}
+
+/// Waits for `until` while driving `calls` (a call that ends has put its answer where `until`
+/// finds it).
+async fn driving<T>(until: impl std::future::Future<Output = T>, calls: &mut Vec<Call>) -> T {
+    let mut until = std::pin::pin!(until);
+    std::future::poll_fn(|cx| {
+        calls.retain_mut(|c| std::future::Future::poll(std::pin::Pin::new(c), cx).is_pending());
+        until.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// A W3C `traceparent` (and `tracestate`) header is passed to the backend in the
@@ -312,6 +329,7 @@ async fn respond(
     opened: Opened,
     mut rx: mpsc::Receiver<Box<Frame>>,
     batch: bool,
+    mut calls: Vec<Call>,
 ) -> Response<Body> {
     let opts = stream_options(app, version);
     let mut prefix = Vec::new();
@@ -320,7 +338,8 @@ async fn respond(
     }
     if !batch {
         // Cancel-safe: a frame is either returned or still in the channel.
-        match tokio::time::timeout(app.served().config.sessions.json_wait, rx.recv()).await.map(|f| f.map(|f| *f)) {
+        let first = tokio::time::timeout(app.served().config.sessions.json_wait, driving(rx.recv(), &mut calls));
+        match first.await.map(|f| f.map(|f| *f)) {
             Ok(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
             Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
             // The session ended in a way the client must act on (initialize again): say so

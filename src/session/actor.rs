@@ -26,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 use super::buffer::{EventId, ReplayBuffer};
 use super::{Attach, Command, Delivery, EndReason, Frame, InFlight, Opened, Sink, Target};
 use crate::auth::policy::Grants;
-use crate::backend::{Event, Outbox};
+use crate::backend::{Event, EventQueue, Outbox};
 use crate::config::SessionConfig;
 use crate::error::GatewayError;
 use crate::jsonrpc::{cancelled_notification, Id, Kind, Message};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// How long the end of a session waits for a stuck WebSocket reader to take its last frames.
@@ -130,10 +131,48 @@ pub(super) struct Actor {
     armed: Instant,
     /// The session's task stopped serving: handles get "unknown session".
     ended: bool,
+    /// Requests that timed out, for the task to tell the backend once it let go of the core.
+    timed_out: Vec<Id>,
 }
 
 /// The core as the session's task and its handles share it.
 pub(super) type Core = Arc<Mutex<Actor>>;
+
+/// A session's way in for its backend's events: applied in the sending task when nothing is
+/// queued before them and no reader is stuck, instead of waking the session's task for each.
+pub(super) struct Direct {
+    /// Weak: the core holds the backend connection that holds this.
+    core: std::sync::Weak<Mutex<Actor>>,
+    /// Weak: the session's task ends when every handle is gone.
+    wake: mpsc::WeakSender<Command>,
+}
+
+impl Direct {
+    pub(super) fn new(core: &Core, wake: &mpsc::Sender<Command>) -> Direct {
+        Direct { core: Arc::downgrade(core), wake: wake.downgrade() }
+    }
+}
+
+impl crate::backend::Direct for Direct {
+    fn apply(&self, event: Event, queued: &AtomicUsize) -> Result<(), Event> {
+        let Some(core) = self.core.upgrade() else { return Err(event) };
+        let mut a = lock(&core);
+        let now = matches!(event, Event::Message(_) | Event::Parsed(_));
+        if !now || a.ended || a.stalled.is_some() || queued.load(Ordering::SeqCst) > 0 {
+            queued.fetch_add(1, Ordering::SeqCst);
+            return Err(event);
+        }
+        a.on_event(event);
+        // What only the task acts on: a reader that fell behind, a replay buffer that lost
+        // what an away client had not seen.
+        let wake = a.stalled.is_some() || a.overflowed;
+        drop(a);
+        if let Some(tx) = wake.then(|| self.wake.upgrade()).flatten() {
+            let _ = tx.try_send(Command::Wake);
+        }
+        Ok(())
+    }
+}
 
 /// Locks the core; a panic elsewhere while it was held leaves it usable.
 pub(super) fn lock(core: &Mutex<Actor>) -> MutexGuard<'_, Actor> {
@@ -167,6 +206,7 @@ impl Actor {
             grants,
             armed: Instant::now(),
             ended: false,
+            timed_out: Vec::new(),
         }
     }
 
@@ -182,7 +222,7 @@ impl Actor {
     pub(super) async fn run(
         core: Core,
         mut commands: mpsc::Receiver<Command>,
-        mut events: mpsc::Receiver<Event>,
+        mut events: EventQueue,
         shutdown: CancellationToken,
     ) -> EndReason {
         // One timer and one shutdown watch for the session's life, not one of each per turn:
@@ -216,19 +256,33 @@ impl Actor {
                     None => break EndReason::InitializeFailed,
                 },
                 e = events.recv(), if reading => match e {
-                    Some(Event::Message(line)) => lock(&core).on_backend_line(line),
-                    Some(Event::Parsed(msg)) => lock(&core).on_backend(*msg),
                     Some(Event::Closed(why)) => break EndReason::BackendClosed(why),
                     Some(Event::SessionLost(why)) => break EndReason::UpstreamLost(why),
+                    Some(e) => {
+                        let mut a = lock(&core);
+                        a.on_event(e);
+                        events.applied();
+                    }
                     None => break EndReason::BackendClosed("backend connection lost".into()),
                 },
                 permit = reserve(stalled_tx), if !reading => lock(&core).on_room(permit),
                 _ = &mut timer => {
-                    let mut a = lock(&core);
-                    if let Some(reason) = a.on_tick() {
+                    let (ended, timed_out) = {
+                        let mut a = lock(&core);
+                        let ended = a.on_tick();
+                        timer.as_mut().reset(a.next_wake());
+                        (ended, std::mem::take(&mut a.timed_out))
+                    };
+                    // Sent without the lock: a backend may answer into the core at once.
+                    for id in timed_out {
+                        let backend = lock(&core).backend.clone();
+                        if backend.try_send(cancelled_notification(&id, "request timed out at the gateway")).is_err() {
+                            tracing::warn!(id = %id, "Could not tell the backend that a request timed out: its stdin queue is full.");
+                        }
+                    }
+                    if let Some(reason) = ended {
                         break reason;
                     }
-                    timer.as_mut().reset(a.next_wake());
                 }
                 _ = &mut stopping => break EndReason::Shutdown,
             }
@@ -380,6 +434,15 @@ impl Actor {
         self.away_since = Some(Instant::now());
     }
 
+    /// A message from the backend (not its end).
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Message(line) => self.on_backend_line(line),
+            Event::Parsed(msg) => self.on_backend(*msg),
+            Event::Closed(_) | Event::SessionLost(_) => {}
+        }
+    }
+
     fn on_backend_line(&mut self, line: Bytes) {
         match Message::parse(&line) {
             Ok(m) => self.on_backend(m),
@@ -445,9 +508,7 @@ impl Actor {
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
             let Some(p) = self.take_pending(&id, "timeout") else { continue };
-            if self.backend.try_send(cancelled_notification(&id, "request timed out at the gateway")).is_err() {
-                tracing::warn!(id = %id, "Could not tell the backend that a request timed out: its stdin queue is full.");
-            }
+            self.timed_out.push(id.clone());
             let err = GatewayError::RequestTimeout(self.config.request_timeout);
             self.answer(p.stream, err.to_rpc(Some(&id)));
         }

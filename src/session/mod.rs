@@ -287,6 +287,17 @@ impl SessionHandle {
         Ok(())
     }
 
+    /// [`SessionHandle::forward`] for a caller that waits for the answers: the exchanges
+    /// with an HTTP upstream that started at once, for the caller to drive (dropped, they go
+    /// on by themselves).
+    pub async fn forward_driven(&self, msgs: &[Message]) -> Result<Vec<backend::Call>, GatewayError> {
+        let mut calls = Vec::new();
+        for m in msgs {
+            calls.extend(self.0.backend.forward_driven(m).await.map_err(|_| gone())?);
+        }
+        Ok(calls)
+    }
+
     /// Attaches a reader to a stream.
     pub fn open(&self, attach: Attach, sink: Sink) -> Result<Opened, GatewayError> {
         let opened = actor::lock(&self.0.core).on_open(attach, sink);
@@ -585,6 +596,7 @@ impl Registry {
         let (in_flight, metrics, grants) =
             (self.in_flight.clone(), actor::RouteMetrics::new(&self.metrics, route), caller.1.clone());
         let core = Arc::new(Mutex::new(actor::Actor::new(config, conn.tx.clone(), in_flight, metrics, grants)));
+        conn.events.bind(Arc::new(actor::Direct::new(&core, &commands)));
         let handle = SessionHandle(Arc::new(Inner {
             id: id.clone(),
             route: Arc::from(route),

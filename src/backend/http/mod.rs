@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::event_stream::Decoder;
 use super::upstream::{media_type, read_body, snippet, Upstream, SESSION_HEADER, VERSION_HEADER};
-use super::{legacy_sse, Connection, Context, Event, Gone, Outbox, Refused, Stopper};
+use super::{legacy_sse, Call, Connection, Context, Event, Gone, Outbox, Refused, Stopper};
 use crate::error::GatewayError;
 use crate::jsonrpc::{Id, Kind, Message};
 use crate::retry::{Attempts, Backoff};
@@ -72,7 +72,7 @@ impl HttpBackend {
     /// Opens a link for one gateway session. Nothing is sent until the client's `initialize`.
     pub fn connect(&self, ctx: &Context) -> Connection {
         let (tx, rx) = mpsc::channel(self.up.config.send_queue);
-        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (events_tx, events) = super::events(EVENT_QUEUE);
         let tasks = TaskTracker::new();
         let span = tracing::info_span!("upstream", backend.name = %self.up.name, session.id = %ctx.session_id);
         let link = Arc::new(Link {
@@ -111,17 +111,26 @@ impl Port {
 
     /// [`Port::send`] for a message already parsed.
     pub(crate) async fn route(&self, msg: Message) -> Result<(), Gone> {
+        self.route_driven(msg).await.map(|call| call.map_or((), Call::detach))
+    }
+
+    /// [`Port::route`] that gives back a request's exchange, when it starts at once, for the
+    /// caller to drive.
+    pub(crate) async fn route_driven(&self, msg: Message) -> Result<Option<Call>, Gone> {
         match self.direct(msg)? {
-            Some(msg) => self.enqueue(msg.raw).await,
-            None => Ok(()),
+            Ok(call) => Ok(Some(call)),
+            Err(msg) => self.enqueue(msg.raw).await.map(|()| None),
         }
     }
 
     pub(crate) fn try_send(&self, raw: Bytes) -> Result<(), Refused> {
         let raw = match Message::parse(&raw) {
             Ok(msg) => match self.direct(msg).map_err(|Gone| Refused::Gone)? {
-                Some(msg) => msg.raw,
-                None => return Ok(()),
+                Err(msg) => msg.raw,
+                Ok(call) => {
+                    call.detach();
+                    return Ok(());
+                }
             },
             Err(_) => raw,
         };
@@ -148,16 +157,15 @@ impl Port {
 
     /// Starts a request's exchange when nothing queued must go before it; gives back what
     /// must be queued.
-    fn direct(&self, msg: Message) -> Result<Option<Message>, Gone> {
+    fn direct(&self, msg: Message) -> Result<Result<Call, Message>, Gone> {
         if self.link.stop.is_cancelled() {
             return Err(Gone);
         }
         if !msg.is_request() || self.link.ordered.load(Ordering::SeqCst) > 0 {
-            return Ok(Some(msg));
+            return Ok(Err(msg));
         }
         self.link.observe(&msg);
-        self.link.spawn_call(msg);
-        Ok(None)
+        Ok(Ok(self.link.start_call(msg)))
     }
 }
 
@@ -189,7 +197,7 @@ struct Snapshot {
 
 pub(super) struct Link {
     up: Arc<Upstream>,
-    events: mpsc::Sender<Event>,
+    events: super::Events,
     /// Cancelled when the gateway session ends; every task of the link watches it.
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -245,15 +253,19 @@ impl Link {
         }
     }
 
-    /// Runs a request's exchange in a task of its own; it is cancellable from now on.
-    fn spawn_call(self: &Arc<Self>, msg: Message) {
+    /// A request's exchange, cancellable from now on, counted among the link's tasks (which
+    /// its stop waits for) whoever drives it.
+    fn start_call(self: &Arc<Self>, msg: Message) -> Call {
         let cancel = self.track(&msg);
         let link = self.clone();
-        // Boxed: the call's future is kilobytes (re-initializing, streams, refusals), and a
-        // task's future is moved whole when it is spawned and again when it finishes.
-        self.tasks.spawn(Box::pin(async move {
+        Call::new(self.tasks.track_future(async move {
             link.call(&msg, cancel).await;
-        }));
+        }))
+    }
+
+    /// Runs a request's exchange in a task of its own.
+    fn spawn_call(self: &Arc<Self>, msg: Message) {
+        self.start_call(msg).detach();
     }
 
     /// Registers a request in flight: `notifications/cancelled` for its id cancels the token.

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::{Shared, Slot, HEALTHY_AFTER};
 use crate::backend::{Context, Event, Outbox};
@@ -74,7 +73,7 @@ pub(super) async fn run(shared: Arc<Shared>, slot: Arc<Slot>, self_exe: PathBuf)
 
 /// The gateway's own `initialize` (documented protocol version and client capabilities), then
 /// `notifications/initialized`; the `result` member of the answer.
-async fn initialize(shared: &Shared, tx: &Outbox, events: &mut mpsc::Receiver<Event>) -> Result<Bytes, String> {
+async fn initialize(shared: &Shared, tx: &Outbox, events: &mut crate::backend::EventQueue) -> Result<Bytes, String> {
     let init = serde_json::json!({"jsonrpc": "2.0", "id": "mcp-edge.initialize", "method": "initialize", "params": {
         "protocolVersion": shared.config.protocol_version,
         "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": true}},
@@ -119,7 +118,7 @@ async fn resubscribe(shared: &Shared, slot: &Slot, tx: &Outbox) {
 }
 
 /// Routes what the child says until it ends; why it ended.
-async fn route(shared: &Arc<Shared>, slot: &Arc<Slot>, events: &mut mpsc::Receiver<Event>) -> String {
+async fn route(shared: &Arc<Shared>, slot: &Arc<Slot>, events: &mut crate::backend::EventQueue) -> String {
     loop {
         // Cancel-safe: a channel receive and a token.
         let event = tokio::select! {

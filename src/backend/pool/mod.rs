@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -96,7 +96,7 @@ struct Pending {
 /// A session of the pool: where its messages go, and its ids in flight on children.
 pub(crate) struct SessionEntry {
     key: u64,
-    events: mpsc::Sender<Event>,
+    events: super::Events,
     /// The session's request id → (slot, child id), for cancellations.
     outgoing: Mutex<HashMap<Id, (usize, u64)>>,
     /// Server→client requests forwarded to this session: the id it saw → (slot, child's id).

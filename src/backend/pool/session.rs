@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Pending, SessionEntry, Shared, Slot};
@@ -25,7 +24,7 @@ use crate::jsonrpc::{Id, Kind, Message};
 pub(super) fn open(shared: Arc<Shared>, _ctx: &Context) -> Connection {
     let key = shared.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // One place more than the buffer: the reason a session that fell behind is ended.
-    let (events_tx, events) = mpsc::channel(shared.config.session_buffer + 1);
+    let (events_tx, events) = crate::backend::events(shared.config.session_buffer + 1);
     let entry = Arc::new(SessionEntry {
         key,
         events: events_tx,
