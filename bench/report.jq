@@ -12,10 +12,10 @@ def answers: (add // 0) as $all | length as $kinds | to_entries
   | join(" + ");
 # A target with `-w1` (one worker thread) follows the same target without it.
 def order: {"direct": 0, "edge-stdio": 1, "edge-sse": 2, "edge-pool1": 2.5, "edge-pool4": 3, "edge-http": 4,
-  "relay": 4.5, "sg-http": 5, "sg-ws": 6, "mcp-proxy": 7}[.target | sub("-w1$"; "")] as $o
+  "relay": 4.5, "relay-http": 4.6, "sg-http": 5, "sg-ws": 6, "mcp-proxy": 7}[.target | sub("-w1$"; "")] as $o
   | ($o // 9) + (if .target | endswith("-w1") then 0.2 else 0 end);
-# The mcp-edge targets of the run, and the relay, in the table's order.
-def edges: [.[] | .target | select(startswith("edge-") or . == "relay")] | unique | sort_by({target: .} | order);
+# The mcp-edge targets of the run, and the relays, in the table's order.
+def edges: [.[] | .target | select(startswith("edge-") or startswith("relay"))] | unique | sort_by({target: .} | order);
 # The watched process and what is behind it: its child processes, or the upstream server.
 def all_cpu: if .watch.gateway then .watch.gateway.tree_cpu_us_per_call + (.watch.backend.tree_cpu_us_per_call // 0) else null end;
 def all_pss: if .watch.gateway then .watch.gateway.tree_pss_kib + (.watch.backend.tree_pss_kib // 0) else null end;
@@ -45,8 +45,9 @@ medians | sort_by(order, .transport, .sessions) as $rows
     | "- gateway CPU per call ÷ example-server CPU per call, \($t) (Streamable HTTP): \(.watch.gateway.cpu_us_per_call / $d.watch.gateway.cpu_us_per_call | r2) (\(.watch.gateway.cpu_us_per_call) ÷ \($d.watch.gateway.cpu_us_per_call) µs)"),
   (at("edge-http"; "http"; $n).watch.backend // empty
     | "- the upstream example server behind edge-http, same run: \(.cpu_us_per_call) µs CPU per call"),
-  (["http", "ws"][] as $tr | at("relay"; $tr; 1) as $r | at("edge-http"; $tr; 1) // empty
-    | select($r.p50_us != null and .p50_us != null)
-    | "- added p50 latency at 1 session, edge-http vs relay (\($tr)): \(.p50_us - $r.p50_us) µs (\(.p50_us) vs \($r.p50_us))"),
-  (at("relay"; "http"; $n) as $r | at("edge-http"; "http"; $n) // empty | select($r.watch.gateway and .watch.gateway)
-    | "- gateway CPU per call ÷ relay CPU per call (Streamable HTTP): \(.watch.gateway.cpu_us_per_call / $r.watch.gateway.cpu_us_per_call | r2) (\(.watch.gateway.cpu_us_per_call) ÷ \($r.watch.gateway.cpu_us_per_call) µs)")
+  (["relay", "relay-http"][] as $relay | ["http", "ws"][] as $tr | at($relay; $tr; 1) as $r
+    | at("edge-http"; $tr; 1) // empty | select($r.p50_us != null and .p50_us != null)
+    | "- added p50 latency at 1 session, edge-http vs \($relay) (\($tr)): \(.p50_us - $r.p50_us) µs (\(.p50_us) vs \($r.p50_us))"),
+  (["relay", "relay-http"][] as $relay | at($relay; "http"; $n) as $r | at("edge-http"; "http"; $n) // empty
+    | select($r.watch.gateway and .watch.gateway)
+    | "- gateway CPU per call ÷ \($relay) CPU per call (Streamable HTTP): \(.watch.gateway.cpu_us_per_call / $r.watch.gateway.cpu_us_per_call | r2) (\(.watch.gateway.cpu_us_per_call) ÷ \($r.watch.gateway.cpu_us_per_call) µs)")
