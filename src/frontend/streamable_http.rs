@@ -247,10 +247,23 @@ async fn post(
 
 /// Waits for `until` while driving `calls` (a call that ends has put its answer where `until`
 /// finds it).
+///
+/// A call answers from this very task, into the queue `until` reads: with this task's waker in
+/// that queue the task would wake itself, which the runtime answers by rescheduling it behind
+/// the others and waking a second worker thread to take it — a thread switch per call. So
+/// while the calls run, the queue holds a waker that does nothing, and this task's waker goes
+/// back in right after (`until` looks at the queue again then, so nothing is missed).
 async fn driving<T>(until: impl std::future::Future<Output = T>, calls: &mut Vec<Call>) -> T {
+    use std::task::{Context, Poll};
     let mut until = std::pin::pin!(until);
     std::future::poll_fn(|cx| {
-        calls.retain_mut(|c| std::future::Future::poll(std::pin::Pin::new(c), cx).is_pending());
+        if !calls.is_empty() {
+            if let Poll::Ready(v) = until.as_mut().poll(&mut Context::from_waker(futures_util::task::noop_waker_ref()))
+            {
+                return Poll::Ready(v);
+            }
+            calls.retain_mut(|c| std::future::Future::poll(std::pin::Pin::new(c), cx).is_pending());
+        }
         until.as_mut().poll(cx)
     })
     .await
