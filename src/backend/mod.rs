@@ -177,11 +177,9 @@ impl Call {
         Call(Some(Box::pin(exchange)))
     }
 
-    /// Lets the exchange go on in a task of its own.
-    pub fn detach(mut self) {
-        if let Some(exchange) = self.0.take() {
-            tokio::spawn(exchange);
-        }
+    /// Lets the exchange go on in a task of its own (what dropping it does).
+    pub fn detach(self) {
+        drop(self);
     }
 }
 
@@ -220,21 +218,13 @@ impl Outbox {
     }
 
     /// Hands a client's message over, waiting for room: on one line, and already parsed for
-    /// the backends that route it.
-    pub async fn forward(&self, msg: &Message) -> Result<(), Gone> {
+    /// the backends that route it. A request that an HTTP upstream link starts at once comes
+    /// back as the [`Call`] for the caller to drive (dropped, it goes on by itself).
+    pub async fn forward(&self, msg: &Message) -> Result<Option<Call>, Gone> {
         match self {
-            Outbox::Queue(tx) => tx.send(msg.single_line()).await.map_err(|_| Gone),
-            Outbox::Pool(port) => port.route(msg.on_one_line()).await,
-            Outbox::Upstream(port) => port.route(msg.clone()).await,
-        }
-    }
-
-    /// [`Outbox::forward`] for a caller that waits for the answer: a request that an HTTP
-    /// upstream link starts at once comes back as the [`Call`] to drive.
-    pub async fn forward_driven(&self, msg: &Message) -> Result<Option<Call>, Gone> {
-        match self {
+            Outbox::Queue(tx) => tx.send(msg.single_line()).await.map(|()| None).map_err(|_| Gone),
+            Outbox::Pool(port) => port.route(msg.on_one_line()).await.map(|()| None),
             Outbox::Upstream(port) => port.route_driven(msg.clone()).await,
-            other => other.forward(msg).await.map(|()| None),
         }
     }
 

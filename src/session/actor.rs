@@ -3,7 +3,9 @@
 //! The core is shared, under a lock, by the session's task and its handles: a handle applies
 //! what a client sends (requests to register, a reader to attach) at once, in the frontend's
 //! own task, and the session's task applies what the backend sends, the timers, and a
-//! reader's room coming back. Nothing awaits while holding the lock. Owns the in-flight table (request id → stream, deadline, progress token), the logical
+//! reader's room coming back. Nothing awaits while holding the lock.
+//!
+//! Owns the in-flight table (request id → stream, deadline, progress token), the logical
 //! streams and the replay buffer. Streams are of two kinds: a request stream per HTTP POST that
 //! carried requests (complete after its last response), and the persistent standalone stream,
 //! read by an HTTP GET or by a WebSocket connection (which also sends its requests on it).
@@ -16,7 +18,8 @@
 //! reader catches up — it closes itself when it stays stuck.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -30,8 +33,6 @@ use crate::backend::{Event, EventQueue, Outbox};
 use crate::config::SessionConfig;
 use crate::error::GatewayError;
 use crate::jsonrpc::{cancelled_notification, Id, Kind, Message};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 /// How long the end of a session waits for a stuck WebSocket reader to take its last frames.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -267,15 +268,14 @@ impl Actor {
                 },
                 permit = reserve(stalled_tx), if !reading => lock(&core).on_room(permit),
                 _ = &mut timer => {
-                    let (ended, timed_out) = {
+                    let (ended, timed_out, backend) = {
                         let mut a = lock(&core);
                         let ended = a.on_tick();
                         timer.as_mut().reset(a.next_wake());
-                        (ended, std::mem::take(&mut a.timed_out))
+                        (ended, std::mem::take(&mut a.timed_out), a.backend.clone())
                     };
                     // Sent without the lock: a backend may answer into the core at once.
                     for id in timed_out {
-                        let backend = lock(&core).backend.clone();
                         if backend.try_send(cancelled_notification(&id, "request timed out at the gateway")).is_err() {
                             tracing::warn!(id = %id, "Could not tell the backend that a request timed out: its stdin queue is full.");
                         }

@@ -281,10 +281,8 @@ impl SessionHandle {
 
     /// Writes messages to the backend, waiting for room in its queue.
     pub async fn forward(&self, msgs: &[Message]) -> Result<(), GatewayError> {
-        for m in msgs {
-            self.0.backend.forward(m).await.map_err(|_| gone())?;
-        }
-        Ok(())
+        // Exchanges nobody drives go on in tasks of their own.
+        self.forward_driven(msgs).await.map(|calls| calls.into_iter().for_each(backend::Call::detach))
     }
 
     /// [`SessionHandle::forward`] for a caller that waits for the answers: the exchanges
@@ -293,7 +291,7 @@ impl SessionHandle {
     pub async fn forward_driven(&self, msgs: &[Message]) -> Result<Vec<backend::Call>, GatewayError> {
         let mut calls = Vec::new();
         for m in msgs {
-            calls.extend(self.0.backend.forward_driven(m).await.map_err(|_| gone())?);
+            calls.extend(self.0.backend.forward(m).await.map_err(|_| gone())?);
         }
         Ok(calls)
     }
