@@ -32,6 +32,7 @@ pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod retry;
+pub mod rt;
 pub mod server;
 pub mod session;
 pub mod tls;

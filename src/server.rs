@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::frontend::{self, App};
+use crate::rt::{ConnTimer, Inline};
 
 /// Lets a handler close the connection its request arrived on: the one way to cut off a client
 /// that stopped reading a streaming response, whose body hyper no longer polls. Every request
@@ -190,10 +191,10 @@ impl AsyncWrite for Stream {
 
 /// The HTTP/1.1 and HTTP/2 server settings of a new connection, from the configuration in
 /// force: a client gets `header_read_timeout` for each request head (the first, and each next
-/// one on a kept-alive connection).
-fn http_builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+/// one on a kept-alive connection), timed by one timer per connection ([`ConnTimer`]).
+fn http_builder(server: &crate::config::ServerConfig, timer: ConnTimer) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout);
+    builder.http1().timer(timer).header_read_timeout(server.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     builder
 }
@@ -230,12 +231,16 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let served = app.served();
         let server = &served.config.server;
-        let (builder, handshake_within, idle) = (http_builder(server), server.header_read_timeout, server.idle_timeout);
+        let timer = ConnTimer::default();
+        let (builder, handshake_within, idle) =
+            (http_builder(server, timer.clone()), server.header_read_timeout, server.idle_timeout);
         let app = app.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         let span = tracing::debug_span!("connection", client.addr = %addr);
-        tokio::spawn(
+        // Inline: hyper hands a request its body, and an upstream exchange answers its POST,
+        // from this same task.
+        tokio::spawn(Inline::new(
             async move {
                 let io = match handshake(stream, tls.as_ref(), handshake_within).await {
                     Ok(io) => io,
@@ -244,10 +249,10 @@ pub async fn accept_loop(
                         return;
                     }
                 };
-                serve(app, place, builder, watcher, io, idle).await
+                serve(app, place, (builder, timer), watcher, io, idle).await
             }
             .instrument(span),
-        );
+        ));
     }
     graceful
 }
@@ -273,7 +278,7 @@ pub async fn handshake(stream: TcpStream, tls: Option<&TlsAcceptor>, within: Dur
 async fn serve(
     app: Arc<App>,
     place: ConnectionGuard,
-    builder: auto::Builder<TokioExecutor>,
+    (builder, timer): (auto::Builder<TokioExecutor>, ConnTimer),
     watcher: hyper_util::server::graceful::Watcher,
     io: Io,
     idle: Duration,
@@ -286,7 +291,8 @@ async fn serve(
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let app = app.clone();
         // Handed over, not put in the request's extensions: those cost a map per request.
-        let conn = frontend::Connection { cut: cut.clone(), place: held.clone() };
+        let timer = (req.version() <= hyper::Version::HTTP_11).then(|| timer.clone());
+        let conn = frontend::Connection { cut: cut.clone(), place: held.clone(), timer };
         async move { Ok::<_, std::convert::Infallible>(frontend::handle(app, req, conn).await) }
     });
     let stream = Stream::new(io);

@@ -198,7 +198,7 @@ async fn post(
     }
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
-    let body = parse_body(&read_body(app, headers, body).await?)?;
+    let body = parse_body(&read_body(app, headers, body, None).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
     let msgs = super::streamable_http::with_trace_context(headers, body.into_messages());
     if let Err(e) = super::admit(app, caller, &msgs) {

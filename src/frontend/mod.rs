@@ -279,6 +279,9 @@ pub struct Connection {
     pub cut: crate::server::ConnectionCut,
     /// The connection's place among `server.max_connections`, kept by an upgraded WebSocket.
     pub place: Arc<crate::server::ConnectionGuard>,
+    /// The connection's own timer, for an HTTP/1.1 request (its handler runs in the
+    /// connection's task); `None` for HTTP/2.
+    pub timer: Option<crate::rt::ConnTimer>,
 }
 
 /// What a frontend handler gets besides the request: who made it, and over which connection.

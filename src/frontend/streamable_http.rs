@@ -23,6 +23,7 @@ use crate::backend::{Backend, Call};
 use crate::error::GatewayError;
 use crate::jsonrpc::{Body as RpcBody, Id, Kind, Message, ParseError};
 use crate::protocol::{self, Era};
+use crate::rt::{self, ConnTimer};
 use crate::session::{Attach, Delivery, EndReason, Frame, Opened, SessionHandle, Sink, Target, Transport};
 
 // Names as `HeaderName`s: a lookup by `&str` parses the name again on every request.
@@ -53,7 +54,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, cx: super::Context) -
     let caller = cx.caller;
     let served = async {
         let result = match *req.method() {
-            Method::POST => post(&app, &route, backend, &caller, req).await,
+            Method::POST => post(&app, &route, backend, &caller, req, cx.conn.timer.as_ref()).await,
             Method::GET => get(&app, &route, &caller, req).await,
             Method::DELETE => delete(&app, &route, &caller, req.headers()),
             _ => Err(GatewayError::MethodNotAllowed("GET, POST, DELETE")),
@@ -124,7 +125,13 @@ pub(super) fn parse_body(bytes: &Bytes) -> Result<RpcBody, GatewayError> {
     })
 }
 
-pub(super) async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, GatewayError> {
+/// `timer`: the connection's, when this runs in its task.
+pub(super) async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Incoming,
+    timer: Option<&ConnTimer>,
+) -> Result<Bytes, GatewayError> {
     let limit = app.served().config.server.max_body_bytes;
     let too_large = GatewayError::BodyTooLarge(limit);
     let declared = header(headers, http::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
@@ -142,19 +149,19 @@ pub(super) async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) ->
     let mut received = 0usize;
     loop {
         let deadline = started + grace + std::time::Duration::from_secs_f64(received as f64 / rate);
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(GatewayError::SlowBody),
-            Ok(None) => break,
-            Ok(Some(Ok(frame))) => {
+        match rt::timeout_at(timer, deadline, body.frame()).await {
+            None => return Err(GatewayError::SlowBody),
+            Some(None) => break,
+            Some(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     received += data.len();
                     chunks.push(data);
                 }
             }
-            Ok(Some(Err(e))) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Some(Some(Err(e))) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
                 return Err(too_large)
             }
-            Ok(Some(Err(e))) => return Err(GatewayError::InvalidMessage(format!("the body could not be read: {e}"))),
+            Some(Some(Err(e))) => return Err(GatewayError::InvalidMessage(format!("the body could not be read: {e}"))),
         }
     }
     let body = match chunks.len() {
@@ -171,6 +178,7 @@ async fn post(
     backend: &Backend,
     caller: &Caller,
     req: Request<Incoming>,
+    timer: Option<&ConnTimer>,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
@@ -180,7 +188,7 @@ async fn post(
     if !is_json(headers) {
         return Err(GatewayError::UnsupportedMediaType);
     }
-    let body = parse_body(&read_body(app, headers, body).await?)?;
+    let body = parse_body(&read_body(app, headers, body, timer).await?)?;
     let batch = matches!(body, RpcBody::Batch(_));
     let msgs = with_trace_context(headers, body.into_messages());
     let span = tracing::Span::current();
@@ -242,7 +250,7 @@ async fn post(
         Ok(Ok(calls)) => calls,
         _ => Vec::new(),
     };
-    Ok(respond(app, route, version, opened, rx, batch, calls).await)
+    Ok(respond(app, route, version, opened, (rx, timer), batch, calls).await)
 }
 
 /// Waits for `until` while driving `calls` (a call that ends has put its answer where `until`
@@ -340,7 +348,7 @@ async fn respond(
     route: &str,
     version: &str,
     opened: Opened,
-    mut rx: mpsc::Receiver<Box<Frame>>,
+    (mut rx, timer): (mpsc::Receiver<Box<Frame>>, Option<&ConnTimer>),
     batch: bool,
     mut calls: Vec<Call>,
 ) -> Response<Body> {
@@ -351,20 +359,21 @@ async fn respond(
     }
     if !batch {
         // Cancel-safe: a frame is either returned or still in the channel.
-        let first = tokio::time::timeout(app.served().config.sessions.json_wait, driving(rx.recv(), &mut calls));
+        let deadline = tokio::time::Instant::now() + app.served().config.sessions.json_wait;
+        let first = rt::timeout_at(timer, deadline, driving(rx.recv(), &mut calls));
         match first.await.map(|f| f.map(|f| *f)) {
-            Ok(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
-            Ok(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
+            Some(Some(Frame::Event { data, last: true, .. })) => return json_response(StatusCode::OK, data),
+            Some(Some(Frame::Event { id, data, .. })) => prefix.push(sse::event(id, &data)),
             // The session ended in a way the client must act on (initialize again): say so
             // with the status, as for an unknown session.
-            Ok(Some(Frame::Ended { data, reason })) => {
+            Some(Some(Frame::Ended { data, reason })) => {
                 tracing::info!(reason = %reason.describe(), "A request's session ended under it.");
                 return json_response(reason.error().status(), data);
             }
-            Ok(Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_) | Frame::Stop(_)) | None) => {
+            Some(Some(Frame::End | Frame::Closed(_) | Frame::Replaced | Frame::Message(_) | Frame::Stop(_)) | None) => {
                 return sse_response(sse::body(prefix, None, opts, sse::Meter::new(&app.metrics, route, "request")))
             }
-            Err(_) => {}
+            None => {}
         }
     }
     sse_response(sse::body(prefix, Some(rx), opts, sse::Meter::new(&app.metrics, route, "request")))
