@@ -194,6 +194,19 @@ impl std::future::Future for Call {
     }
 }
 
+/// Drives `calls` until every one has ended; cancel-safe (the calls stay in `calls`).
+pub async fn drive(calls: &mut Vec<Call>) {
+    std::future::poll_fn(|cx| {
+        calls.retain_mut(|c| std::future::Future::poll(std::pin::Pin::new(c), cx).is_pending());
+        if calls.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 impl Drop for Call {
     fn drop(&mut self) {
         // Outside a runtime (it is shutting down) the exchange ends with it.

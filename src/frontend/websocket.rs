@@ -35,11 +35,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{App, Body};
 use crate::auth::Caller;
-use crate::backend::Backend;
+use crate::backend::{self, Backend, Call};
 use crate::error::GatewayError;
 use crate::jsonrpc::{rewrite, Body as RpcBody, Id, Message, ParseError};
 use crate::metrics::{close_class, Live};
 use crate::protocol;
+use crate::rt::Inline;
 use crate::session::{Attach, Delivery, EndReason, EventId, Frame, SessionHandle, Sink, Target, Transport};
 
 /// `_meta` key of the InitializeResult that tells a WebSocket client its session id; a client
@@ -126,7 +127,8 @@ pub async fn accept(
     let config = socket_config(&app);
     // The connection's place among server.max_connections, kept while the WebSocket lives.
     let place = cx.conn.place;
-    app.upgraded.spawn(async move {
+    // Inline: the exchanges with an HTTP upstream that this task drives answer into it.
+    app.upgraded.spawn(Inline::new(async move {
         let _place = place;
         match upgrade.await {
             Ok(io) => {
@@ -140,7 +142,7 @@ pub async fn accept(
                 conn.finish(Ending::Dropped);
             }
         }
-    });
+    }));
 
     let mut resp = Response::new(super::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -294,19 +296,37 @@ impl Connection {
         let clock = Clock::new();
         let writer =
             Writer { app: self.app.clone(), shared: self.shared.clone(), clock: clock.clone(), done: done.clone() };
-        let writer = tokio::spawn(writer.run(sink, frames));
+        // Both halves in this one task: an answer is written by the task that drove its
+        // exchange with an HTTP upstream, with no hand-off to a task of its own.
+        let mut writer = std::pin::pin!(writer.run(sink, frames));
         let m = self.app.metrics.clone();
         m.websocket_opened.with_label_values(&[&self.route]).inc();
         let live = Live::new(m.websocket_connections.with_label_values(&[&self.route]));
         let out = self.frames_tx.clone();
-        let (ending, fault) = self.read(stream, &out, &clock, &done).await;
-        // The writer sends what is queued before the stop (the close frame for a fault), and
-        // then stops.
-        let stop = async {
-            let _ = out.send(Box::new(Frame::Stop(fault))).await;
-            writer.await.ok().flatten()
+        // The writer's close code, once it ended (it cancels `done`, which ends the reader).
+        let mut written = None;
+        let (ending, fault) = {
+            let read = self.read(stream, &out, &clock, &done);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    r = &mut read => break r,
+                    code = &mut writer, if written.is_none() => written = Some(code),
+                }
+            }
         };
-        let sent = tokio::time::timeout(Duration::from_secs(2), stop).await.ok().flatten();
+        let sent = match written {
+            Some(code) => code,
+            // The writer sends what is queued before the stop (the close frame for a fault),
+            // and then stops.
+            None => {
+                let stop = async {
+                    let _ = out.send(Box::new(Frame::Stop(fault))).await;
+                    writer.await
+                };
+                tokio::time::timeout(Duration::from_secs(2), stop).await.ok().flatten()
+            }
+        };
         done.cancel();
         let class = match (sent, &ending) {
             (Some(code), _) => close_class(Some(code)),
@@ -346,18 +366,24 @@ impl Connection {
         done: &CancellationToken,
     ) -> (Ending, Option<Box<GatewayError>>) {
         let fault = |err: GatewayError| (Ending::Dropped, Some(Box::new(err)));
+        // The exchanges with an HTTP upstream that started at once, driven here between
+        // messages rather than each in a task of its own; those left when the connection ends
+        // go on by themselves.
+        let mut calls = Vec::new();
         loop {
-            // Cancel-safe: `next` on a WebSocket stream keeps partial frames in its buffer.
+            // Cancel-safe: `next` on a WebSocket stream keeps partial frames in its buffer, and
+            // the calls stay in `calls`.
             let next = tokio::select! {
                 m = stream.next() => m,
                 _ = done.cancelled() => return (Ending::Dropped, None),
+                () = backend::drive(&mut calls), if !calls.is_empty() => continue,
             };
             clock.touch();
             match next {
                 Some(Ok(WsMessage::Text(text))) => {
                     self.app.metrics.bytes_received.with_label_values(&["websocket"]).inc_by(text.len() as u64);
                     // Boxed: an idle connection's task keeps no room for a message's handling.
-                    Box::pin(self.on_text(Bytes::from(text), out)).await
+                    Box::pin(self.on_text(Bytes::from(text), out, &mut calls)).await
                 }
                 Some(Ok(WsMessage::Binary(_))) => return fault(GatewayError::BinaryFrame),
                 Some(Ok(WsMessage::Close(_))) => return (Ending::ClientClosed, None),
@@ -380,7 +406,8 @@ impl Connection {
         }
     }
 
-    async fn on_text(&mut self, bytes: Bytes, out: &mpsc::Sender<Box<Frame>>) {
+    /// One client message; the exchanges it started are put in `calls` for the caller to drive.
+    async fn on_text(&mut self, bytes: Bytes, out: &mpsc::Sender<Box<Frame>>, calls: &mut Vec<Call>) {
         let reply = |body: Bytes| async move {
             let _ = out.send(Box::new(Frame::Message(body))).await;
         };
@@ -455,9 +482,7 @@ impl Connection {
             return refuse(GatewayError::BatchNotAllowed, first_request).await;
         }
         match session.submit(&msgs, Target::Stream(stream)) {
-            Ok(_) => {
-                let _ = session.forward(&msgs).await;
-            }
+            Ok(_) => calls.extend(session.forward_driven(&msgs).await.unwrap_or_default()),
             Err(e) => refuse(e, first_request).await,
         }
     }
