@@ -30,13 +30,16 @@ const IDLE: u8 = 0;
 const POLLING: u8 = 1;
 const WOKEN: u8 = 2;
 
-/// A future whose wake-ups during its own poll are served by polling it again right away
-/// (up to [`ROUNDS`] times), not by rescheduling the task. Wake-ups from elsewhere go to the
-/// task as usual.
-pub struct Inline<F> {
-    future: Pin<Box<F>>,
-    flag: Arc<Flag>,
-    waker: Waker,
+pin_project_lite::pin_project! {
+    /// A future whose wake-ups during its own poll are served by polling it again right away
+    /// (up to [`ROUNDS`] times), not by rescheduling the task. Wake-ups from elsewhere go to
+    /// the task as usual.
+    pub struct Inline<F> {
+        #[pin]
+        future: F,
+        flag: Arc<Flag>,
+        waker: Waker,
+    }
 }
 
 struct Flag {
@@ -61,7 +64,7 @@ impl Wake for Flag {
 impl<F: Future> Inline<F> {
     pub fn new(future: F) -> Inline<F> {
         let flag = Arc::new(Flag { state: AtomicU8::new(IDLE), task: AtomicWaker::new() });
-        Inline { future: Box::pin(future), waker: Waker::from(flag.clone()), flag }
+        Inline { future, waker: Waker::from(flag.clone()), flag }
     }
 }
 
@@ -69,9 +72,9 @@ impl<F: Future> Future for Inline<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
+        let mut this = self.project();
         this.flag.task.register(cx.waker());
-        let mut inner = Context::from_waker(&this.waker);
+        let mut inner = Context::from_waker(this.waker);
         for _ in 0..ROUNDS {
             this.flag.state.store(POLLING, Ordering::Release);
             if let Poll::Ready(v) = this.future.as_mut().poll(&mut inner) {

@@ -249,7 +249,7 @@ pub async fn accept_loop(
                         return;
                     }
                 };
-                serve(app, place, (builder, timer), watcher, io, idle).await
+                serve(app, place, builder, timer, watcher, io, idle).await
             }
             .instrument(span),
         ));
@@ -278,7 +278,8 @@ pub async fn handshake(stream: TcpStream, tls: Option<&TlsAcceptor>, within: Dur
 async fn serve(
     app: Arc<App>,
     place: ConnectionGuard,
-    (builder, timer): (auto::Builder<TokioExecutor>, ConnTimer),
+    builder: auto::Builder<TokioExecutor>,
+    timer: ConnTimer,
     watcher: hyper_util::server::graceful::Watcher,
     io: Io,
     idle: Duration,

@@ -194,10 +194,15 @@ impl std::future::Future for Call {
     }
 }
 
+/// Polls each of `calls` once, dropping those that ended.
+pub fn poll_calls(calls: &mut Vec<Call>, cx: &mut std::task::Context<'_>) {
+    calls.retain_mut(|c| std::future::Future::poll(std::pin::Pin::new(c), cx).is_pending());
+}
+
 /// Drives `calls` until every one has ended; cancel-safe (the calls stay in `calls`).
 pub async fn drive(calls: &mut Vec<Call>) {
     std::future::poll_fn(|cx| {
-        calls.retain_mut(|c| std::future::Future::poll(std::pin::Pin::new(c), cx).is_pending());
+        poll_calls(calls, cx);
         if calls.is_empty() {
             std::task::Poll::Ready(())
         } else {

@@ -257,10 +257,11 @@ async fn post(
 /// finds it).
 ///
 /// A call answers from this very task, into the queue `until` reads: with this task's waker in
-/// that queue the task would wake itself, which the runtime answers by rescheduling it behind
-/// the others and waking a second worker thread to take it — a thread switch per call. So
-/// while the calls run, the queue holds a waker that does nothing, and this task's waker goes
-/// back in right after (`until` looks at the queue again then, so nothing is missed).
+/// that queue the task would wake itself — polled again for nothing under `rt::Inline` (an
+/// HTTP/1.1 connection), rescheduled behind the others with a second worker thread woken to
+/// take it otherwise. So while the calls run, the queue holds a waker that does nothing, and
+/// this task's waker goes back in right after (`until` looks at the queue again then, so
+/// nothing is missed).
 async fn driving<T>(until: impl std::future::Future<Output = T>, calls: &mut Vec<Call>) -> T {
     use std::task::{Context, Poll};
     let mut until = std::pin::pin!(until);
@@ -270,7 +271,7 @@ async fn driving<T>(until: impl std::future::Future<Output = T>, calls: &mut Vec
             {
                 return Poll::Ready(v);
             }
-            calls.retain_mut(|c| std::future::Future::poll(std::pin::Pin::new(c), cx).is_pending());
+            crate::backend::poll_calls(calls, cx);
         }
         until.as_mut().poll(cx)
     })
