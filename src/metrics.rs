@@ -65,6 +65,10 @@ pub struct Metrics {
     pub pool_queue_wait: HistogramVec,
     pub bytes_received: IntCounterVec,
     pub bytes_sent: IntCounterVec,
+    /// `bytes_received` and `bytes_sent` with the label of each transport bound, for the
+    /// per-message paths.
+    pub http_bytes: TransportBytes,
+    pub websocket_bytes: TransportBytes,
     pub rejections: IntCounterVec,
     pub limits: IntGaugeVec,
     pub ready: IntGauge,
@@ -112,6 +116,9 @@ impl Metrics {
         )
         .expect("a valid metric");
         r.register(Box::new(pool_queue_wait.clone())).expect("registered once");
+        let bytes_received =
+            counter(r, "received_bytes_total", "JSON-RPC bytes received from clients.", &["transport"]);
+        let bytes_sent = counter(r, "sent_bytes_total", "JSON-RPC bytes sent to clients.", &["transport"]);
         let ready = IntGauge::with_opts(
             Opts::new(
                 "ready",
@@ -182,8 +189,10 @@ impl Metrics {
             ),
             pool_queue_depth: gauge(r, "pool_queue_depth", "Requests waiting for a pool child with room.", &["backend"]),
             pool_queue_wait,
-            bytes_received: counter(r, "received_bytes_total", "JSON-RPC bytes received from clients.", &["transport"]),
-            bytes_sent: counter(r, "sent_bytes_total", "JSON-RPC bytes sent to clients.", &["transport"]),
+            http_bytes: TransportBytes::new(&bytes_received, &bytes_sent, "http"),
+            websocket_bytes: TransportBytes::new(&bytes_received, &bytes_sent, "websocket"),
+            bytes_received,
+            bytes_sent,
             rejections: counter(
                 r,
                 "rejections_total",
@@ -201,6 +210,22 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// The bytes counters of one transport.
+#[derive(Clone, Debug)]
+pub struct TransportBytes {
+    pub received: IntCounter,
+    pub sent: IntCounter,
+}
+
+impl TransportBytes {
+    fn new(received: &IntCounterVec, sent: &IntCounterVec, transport: &str) -> TransportBytes {
+        TransportBytes {
+            received: received.with_label_values(&[transport]),
+            sent: sent.with_label_values(&[transport]),
+        }
     }
 }
 

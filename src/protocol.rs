@@ -28,8 +28,8 @@ pub enum Era {
 /// Decides the era of a POST from its version header and its first message.
 pub fn classify(version_header: Option<&str>, first: &Message) -> Era {
     let stateless_header = version_header.is_some_and(|v| v >= STATELESS_FROM);
-    let stateless_body = first.method() == Some("server/discover")
-        || (first.is_request() && contains(&first.raw, b"io.modelcontextprotocol/protocolVersion"));
+    let stateless_body =
+        first.method() == Some("server/discover") || (first.is_request() && VERSION_IN_META.find(&first.raw).is_some());
     if stateless_header || stateless_body {
         Era::Stateless
     } else {
@@ -37,10 +37,9 @@ pub fn classify(version_header: Option<&str>, first: &Message) -> Era {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some(first) = needle.first() else { return true };
-    hay.windows(needle.len()).any(|w| w[0] == *first && w == needle)
-}
+/// The `_meta` key only a stateless request carries, its searcher built once.
+static VERSION_IN_META: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new("io.modelcontextprotocol/protocolVersion"));
 
 pub fn is_supported(version: &str) -> bool {
     SUPPORTED.contains(&version)

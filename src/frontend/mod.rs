@@ -299,7 +299,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: Connection) -> 
     }
     // Whole bodies (JSON answers); streams count what they send themselves.
     if let Some(n) = hyper::body::Body::size_hint(resp.body()).exact().filter(|n| *n > 0) {
-        app.metrics.bytes_sent.with_label_values(&["http"]).inc_by(n);
+        app.metrics.http_bytes.sent.inc_by(n);
     }
     resp
 }

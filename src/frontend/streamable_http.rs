@@ -67,6 +67,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, cx: super::Context) -
 /// Whether an Accept header admits every one of `mimes` (exactly, or by a wildcard), read in
 /// one pass.
 pub(super) fn accepts(headers: &HeaderMap, mimes: &[&str]) -> bool {
+    // The header SDKs send, `a, b` in the order asked, needs no parsing.
+    if headers.get(http::header::ACCEPT).is_some_and(|v| listed_exactly(v.as_bytes(), mimes)) {
+        return true;
+    }
     let mut missing: u32 = (1 << mimes.len()) - 1;
     for value in headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()) {
         for item in value.split(',') {
@@ -82,6 +86,19 @@ pub(super) fn accepts(headers: &HeaderMap, mimes: &[&str]) -> bool {
         }
     }
     false
+}
+
+/// Whether `value` is `mimes` joined by `", "`.
+fn listed_exactly(value: &[u8], mimes: &[&str]) -> bool {
+    let mut rest = value;
+    for (i, mime) in mimes.iter().enumerate() {
+        let item = if i == 0 { Some(rest) } else { rest.strip_prefix(b", ") };
+        match item.and_then(|r| r.strip_prefix(mime.as_bytes())) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// Whether one media range of an Accept header admits `mime`.
@@ -168,7 +185,7 @@ pub(super) async fn read_body(
         1 => chunks.pop().expect("one chunk"),
         _ => Bytes::from(chunks.concat()),
     };
-    app.metrics.bytes_received.with_label_values(&["http"]).inc_by(body.len() as u64);
+    app.metrics.http_bytes.received.inc_by(body.len() as u64);
     Ok(body)
 }
 
@@ -504,6 +521,10 @@ mod tests {
         h.insert("accept", "application/json, text/event-stream;q=0.9".parse().unwrap());
         let both = ["application/json", "text/event-stream"];
         assert!(accepts(&h, &both));
+        h.insert("accept", "application/json, text/event-stream".parse().unwrap());
+        assert!(accepts(&h, &both) && accepts(&h, &["text/event-stream", "application/json"]));
+        h.insert("accept", "application/json, text/event-streams".parse().unwrap());
+        assert!(!accepts(&h, &both) && accepts(&h, &["application/json"]));
         h.insert("accept", "application/json".parse().unwrap());
         assert!(!accepts(&h, &["text/event-stream"]) && !accepts(&h, &both));
         assert!(accepts(&h, &["application/json"]));

@@ -381,7 +381,7 @@ impl Connection {
             clock.touch();
             match next {
                 Some(Ok(WsMessage::Text(text))) => {
-                    self.app.metrics.bytes_received.with_label_values(&["websocket"]).inc_by(text.len() as u64);
+                    self.app.metrics.websocket_bytes.received.inc_by(text.len() as u64);
                     // Boxed: an idle connection's task keeps no room for a message's handling.
                     Box::pin(self.on_text(Bytes::from(text), out, &mut calls)).await
                 }
@@ -666,7 +666,7 @@ impl Writer {
                 }
             };
             if let WsMessage::Text(t) = &out {
-                self.app.metrics.bytes_sent.with_label_values(&["websocket"]).inc_by(t.len() as u64);
+                self.app.metrics.websocket_bytes.sent.inc_by(t.len() as u64);
             }
             match tokio::time::timeout(ws.stall_timeout, sink.send(out)).await {
                 Ok(Ok(())) => {}

@@ -287,8 +287,10 @@ impl Message {
     /// anything else takes [`Message::parse_in_two_steps`], whose error is the answer.
     pub fn parse(bytes: &Bytes) -> Result<Message, ParseError> {
         let text = bytes.trim_ascii();
-        if text.first() == Some(&b'{') && std::str::from_utf8(text).is_ok() {
-            if let Ok(env) = serde_json::from_slice::<Envelope<'_>>(bytes) {
+        // Read from a `str`, the members serde_json borrows are not checked for UTF-8 again.
+        // All of `bytes` is read: not all that `trim_ascii` drops is JSON whitespace.
+        if let Some(Ok(json)) = (text.first() == Some(&b'{')).then(|| std::str::from_utf8(bytes)) {
+            if let Ok(env) = serde_json::from_str::<Envelope<'_>>(json) {
                 return Message::from_envelope(bytes.slice_ref(text), env);
             }
         }

@@ -52,6 +52,9 @@ pub(super) struct RouteMetrics {
     requests: prometheus::IntCounterVec,
     duration: prometheus::HistogramVec,
     route: Arc<str>,
+    /// The series this session has counted into, by method and outcome: a session calls a
+    /// few methods many times, and a lookup by labels hashes them all each time.
+    seen: Vec<(&'static str, &'static str, prometheus::IntCounter, prometheus::Histogram)>,
 }
 
 impl RouteMetrics {
@@ -61,13 +64,23 @@ impl RouteMetrics {
             requests: m.requests.clone(),
             duration: m.request_duration.clone(),
             route: Arc::from(route),
+            seen: Vec::new(),
         }
     }
 
-    fn done(&self, p: &Pending, outcome: &'static str) {
+    fn done(&mut self, p: &Pending, outcome: &'static str) {
         self.in_flight.dec();
-        self.requests.with_label_values(&[&self.route, p.method, outcome]).inc();
-        self.duration.with_label_values(&[&self.route, p.method]).observe(p.started.elapsed().as_secs_f64());
+        // Labels are a bounded set of `&'static str`s (`metrics::method_label`).
+        let at = self.seen.iter().position(|(m, o, ..)| *m == p.method && *o == outcome);
+        let at = at.unwrap_or_else(|| {
+            let requests = self.requests.with_label_values(&[&self.route, p.method, outcome]);
+            let duration = self.duration.with_label_values(&[&self.route, p.method]);
+            self.seen.push((p.method, outcome, requests, duration));
+            self.seen.len() - 1
+        });
+        let (.., requests, duration) = &self.seen[at];
+        requests.inc();
+        duration.observe(p.started.elapsed().as_secs_f64());
     }
 }
 
