@@ -11,6 +11,7 @@
 //!   Origin/Host checks.
 //! - [`backend`]: stdio children (through a guard process), Streamable HTTP and legacy SSE
 //!   upstreams.
+//! - [`gather`]: a request or response body's frames gathered into one buffer.
 //! - [`retry`]: the one backoff policy of every outbound path.
 //! - [`server`]: listener and accept loop.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`).
@@ -27,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod example;
 pub mod frontend;
+pub mod gather;
 pub mod jsonrpc;
 pub mod limits;
 pub mod metrics;

@@ -21,6 +21,7 @@ use super::{error_reply, json_response, App, Body};
 use crate::auth::Caller;
 use crate::backend::{Backend, Call};
 use crate::error::GatewayError;
+use crate::gather::Gather;
 use crate::jsonrpc::{Body as RpcBody, Id, Kind, Message, ParseError};
 use crate::protocol::{self, Era};
 use crate::rt::{self, ConnTimer};
@@ -162,17 +163,15 @@ pub(super) async fn read_body(
     let (grace, rate) = (server.body_read_timeout, server.min_body_rate.max(1) as f64);
     let started = tokio::time::Instant::now();
     let mut body = Limited::new(body, limit);
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut received = 0usize;
+    let mut gathered = Gather::default();
     loop {
-        let deadline = started + grace + std::time::Duration::from_secs_f64(received as f64 / rate);
+        let deadline = started + grace + std::time::Duration::from_secs_f64(gathered.len() as f64 / rate);
         match rt::timeout_at(timer, deadline, body.frame()).await {
             None => return Err(GatewayError::SlowBody),
             Some(None) => break,
             Some(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    received += data.len();
-                    chunks.push(data);
+                    gathered.push(data);
                 }
             }
             Some(Some(Err(e))) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
@@ -181,10 +180,7 @@ pub(super) async fn read_body(
             Some(Some(Err(e))) => return Err(GatewayError::InvalidMessage(format!("the body could not be read: {e}"))),
         }
     }
-    let body = match chunks.len() {
-        1 => chunks.pop().expect("one chunk"),
-        _ => Bytes::from(chunks.concat()),
-    };
+    let body = gathered.finish();
     app.metrics.http_bytes.received.inc_by(body.len() as u64);
     Ok(body)
 }

@@ -537,6 +537,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_of_any_length_keep_their_text_and_compare_by_it() {
+        let raw = |t: &str| Id::from_raw(&serde_json::value::RawValue::from_string(t.into()).unwrap()).unwrap();
+        let uuid = r#""0b6c9a52-4c1e-4c4b-9d36-0c3f1c5d2e7a""#;
+        let long = format!("\"{}\"", "x".repeat(100));
+        for text in ["1", "-7", r#""a""#, uuid, &long, "18446744073709551615"] {
+            let (a, b) = (raw(text), raw(text));
+            assert_eq!(a.as_json(), text);
+            assert!(a == b && a.clone() == b);
+            let set: std::collections::HashSet<Id> = [a, b].into_iter().collect();
+            assert_eq!(set.len(), 1, "{text}");
+        }
+        assert_ne!(raw("1"), raw(r#""1""#));
+        assert_eq!(Id::number(u64::MAX).as_json(), "18446744073709551615");
+        assert_eq!(Id::number(0), raw("0"));
+    }
+
+    #[test]
     fn a_response_answers_under_another_id_without_parsing_again() {
         let parse = |s: &'static [u8]| Message::parse(&Bytes::from_static(s)).unwrap();
         let answer = parse(br#"{"jsonrpc":"2.0","id":41,"result":{"ok":true}}"#);

@@ -158,13 +158,22 @@ pub fn redacted(url: &Uri) -> String {
 
 /// Reads a whole body of at most `max` bytes.
 pub async fn read_body(body: Body, max: usize) -> Result<Bytes, String> {
-    match Limited::new(body, max).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(format!("the upstream sent a body longer than max_message_bytes ({max} bytes)"))
+    let mut body = std::pin::pin!(Limited::new(body, max));
+    let mut gathered = crate::gather::Gather::default();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    gathered.push(data);
+                }
+            }
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(format!("the upstream sent a body longer than max_message_bytes ({max} bytes)"))
+            }
+            Err(e) => return Err(format!("the upstream body broke off: {e}")),
         }
-        Err(e) => Err(format!("the upstream body broke off: {e}")),
     }
+    Ok(gathered.finish())
 }
 
 /// The start of an error body, for a message.
