@@ -36,6 +36,8 @@ const EVENT_QUEUE: usize = 64;
 /// buffer grows for large messages (up to `max_line_bytes`), and writes larger than the stdin
 /// buffer go straight to the pipe.
 const STDOUT_BUFFER: usize = 1024;
+/// Lines from this long on are kept in the read buffer they arrived in instead of copied.
+const PIN_FROM: usize = 64 * 1024;
 const STDIN_BUFFER: usize = 1024;
 const STDERR_CHUNK: usize = 512;
 
@@ -231,8 +233,9 @@ async fn read_stdout(stdout: impl AsyncRead + Unpin, max: usize, events: super::
         match line {
             Ok(line) if line.iter().all(u8::is_ascii_whitespace) => {}
             Ok(line) => {
-                // A copy, so a small message does not pin the read buffer a huge one grew.
-                let line = Bytes::copy_from_slice(&line);
+                // A small message is copied, so it does not pin the read buffer a huge one
+                // grew; a large one is most of that buffer, and a copy would double it.
+                let line = if line.len() < PIN_FROM { Bytes::copy_from_slice(&line) } else { line };
                 if events.send(Event::Message(line)).await.is_err() {
                     // The session is gone and the child is being stopped: keep reading (and
                     // dropping) until it closes stdout, so a late write does not kill it with
