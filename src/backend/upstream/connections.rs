@@ -1,40 +1,50 @@
-//! Connections to one upstream origin, kept open between requests: hyper's own HTTP/1.1 and
-//! HTTP/2 client connections over the rustls connector, and a list of the idle ones. Owns
-//! nothing of MCP and nothing of the request beyond the two things HTTP/1.1 needs on the
-//! wire (`Host`, the origin-form target).
+//! Connections to one upstream origin, kept open between requests, over the rustls connector:
+//! HTTP/1.1 connections driven by the task that makes each exchange (`h1`), hyper's HTTP/2
+//! client when ALPN chooses it, and a list of the idle HTTP/1.1 ones. Owns nothing of MCP and
+//! nothing of the request beyond the two things HTTP/1.1 needs on the wire (`Host`, the
+//! origin-form target).
 //!
-//! An HTTP/1.1 connection carries one request at a time. It goes back on the idle list as
-//! soon as its response body has been read to the end (or there was none), from the task that
-//! read it: no task of its own per request. A request takes the newest idle connection and
-//! opens a new one when there is none. Idle connections are closed after `POOL_IDLE` unused,
-//! and whenever the upstream closes them. An HTTP/2 connection (when ALPN chose it) is shared
-//! by every request while it stays open. A request that a reused connection turned away
-//! before sending it (the upstream had just closed it) goes out again on another connection;
-//! one that may have been sent is never repeated.
+//! An HTTP/1.1 connection carries one request at a time, and has no task of its own: the task
+//! that sends a request writes it and reads the answer, and the connection goes back on the
+//! idle list as soon as its response body has been read to the end (or there was none).
+//! Dropping the body, or the request's future, before then closes it. A request takes the
+//! newest idle connection that is still open and opens a new one when there is none. Idle
+//! connections are closed after `POOL_IDLE` unused, and when found closed by the upstream. An
+//! HTTP/2 connection is shared by every request while it stays open. A request that a reused
+//! connection turned away before taking it (the upstream had just closed it) goes out again on
+//! another connection; one that may have been read is never repeated.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
-use hyper_rustls::HttpsConnector;
+use hyper::client::conn::http2;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
+use tokio::net::TcpStream;
 use tower_service::Service;
 
+use super::h1;
 use crate::metrics::Live;
 
-type Http1 = http1::SendRequest<Full<Bytes>>;
 type Http2 = http2::SendRequest<Full<Bytes>>;
+
+/// An HTTP/1.1 connection, counted in `upstream_connections` while it is open. Boxed where
+/// it is kept: with TLS state it is large, and the futures and bodies that hold it move.
+struct Http1 {
+    conn: h1::Conn<TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>>,
+    _open: Live,
+}
 
 /// How long an unused connection stays open.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -48,7 +58,7 @@ pub struct Connections {
     /// The `Host` header of every HTTP/1.1 request (the port only when not the default).
     host: HeaderValue,
     connector: HttpsConnector<HttpConnector>,
-    /// Open connections (`upstream_connections`), each held up by its connection's task.
+    /// Open connections (`upstream_connections`).
     open: IntGauge,
     state: Mutex<State>,
 }
@@ -56,16 +66,18 @@ pub struct Connections {
 #[derive(Default)]
 struct State {
     /// HTTP/1.1 connections waiting for a request, oldest first, with when each came back.
-    idle: Vec<(Http1, Instant)>,
+    idle: Vec<(Box<Http1>, Instant)>,
     /// The HTTP/2 connection every request shares.
     shared: Option<Http2>,
     /// Whether the task that closes long-idle connections runs.
     reaping: bool,
+    /// Woken when an idle connection becomes readable: closed by the upstream, mostly.
+    watcher: Option<Waker>,
 }
 
 /// A connection taken for one request.
 enum Taken {
-    One { tx: Http1, reused: bool },
+    One { conn: Box<Http1>, reused: bool },
     Shared { tx: Http2, reused: bool },
 }
 
@@ -122,7 +134,7 @@ impl Connections {
                 Taken::Shared { mut tx, reused } => {
                     self.absolute_form(&mut req);
                     match tx.try_send_request(req).await {
-                        Ok(resp) => return Ok(resp.map(|inner| Body { inner, back: None })),
+                        Ok(resp) => return Ok(resp.map(|inner| Body { inner: Inner::H2(inner) })),
                         Err(mut e) => match e.take_message() {
                             Some(r) if reused => {
                                 // The connection is going away: the next request opens another.
@@ -133,45 +145,48 @@ impl Connections {
                         },
                     }
                 }
-                Taken::One { mut tx, reused } => {
-                    self.origin_form(&mut req);
-                    match tx.try_send_request(req).await {
-                        Ok(resp) => return Ok(self.answered(resp, tx)),
-                        Err(mut e) => match e.take_message() {
-                            Some(r) if reused => req = r,
-                            _ => return Err(Failure::Send(chain(e.error()))),
-                        },
+                Taken::One { mut conn, reused } => {
+                    let (parts, body) = req.into_parts();
+                    let body = whole(body);
+                    let head = h1::encode_head(&parts, &self.host, body.len());
+                    if let Err(e) = conn.conn.write(&head, &body).await {
+                        if reused {
+                            req = Request::from_parts(parts, Full::new(body));
+                            continue;
+                        }
+                        return Err(Failure::Send(format!("writing the request: {e}")));
                     }
+                    return match conn.conn.read_head().await {
+                        Ok((head, reader)) => Ok(self.answered(head, reader, conn)),
+                        Err(e) => Err(Failure::Send(e.to_string())),
+                    };
                 }
             }
         }
     }
 
     /// The response, holding its connection until the body ends; one with no body gives the
-    /// connection back now.
-    fn answered(self: &Arc<Self>, resp: Response<Incoming>, tx: Http1) -> Response<Body> {
-        if resp.body().is_end_stream() {
-            self.give_back(tx);
-            return resp.map(|inner| Body { inner, back: None });
+    /// connection back now (or closes it, when the upstream said so).
+    fn answered(self: &Arc<Self>, head: Response<()>, reader: h1::Reader, conn: Box<Http1>) -> Response<Body> {
+        if reader.is_end() {
+            if reader.reusable() {
+                self.give_back(conn);
+            }
+            return head.map(|()| Body { inner: Inner::Empty });
         }
-        let back = Some((Arc::clone(self), tx));
-        resp.map(|inner| Body { inner, back })
+        head.map(|()| Body { inner: Inner::H1 { conn: Some(conn), reader, back: Arc::clone(self) } })
     }
 
-    /// An HTTP/1.1 connection whose exchange is over: idle again once hyper has finished
-    /// with the response (almost always already the case).
-    fn give_back(self: &Arc<Self>, mut tx: Http1) {
-        if tx.is_ready() {
-            self.lock().idle.push((tx, Instant::now()));
-        } else if !tx.is_closed() {
-            let this = Arc::downgrade(self);
-            tokio::spawn(async move {
-                if poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
-                    if let Some(this) = this.upgrade() {
-                        this.lock().idle.push((tx, Instant::now()));
-                    }
-                }
-            });
+    /// An HTTP/1.1 connection whose exchange is over, idle again, and watched: the upstream
+    /// closing it wakes the task that drops closed connections.
+    fn give_back(&self, mut conn: Box<Http1>) {
+        let mut state = self.lock();
+        let open = match &state.watcher {
+            Some(w) => conn.conn.poll_open(&mut Context::from_waker(w)),
+            None => true,
+        };
+        if open {
+            state.idle.push((conn, Instant::now()));
         }
     }
 
@@ -184,9 +199,9 @@ impl Connections {
         if let Some(tx) = &state.shared {
             return Some(Taken::Shared { tx: tx.clone(), reused: true });
         }
-        while let Some((tx, since)) = state.idle.pop() {
-            if tx.is_ready() && since.elapsed() < POOL_IDLE {
-                return Some(Taken::One { tx, reused: true });
+        while let Some((mut conn, since)) = state.idle.pop() {
+            if since.elapsed() < POOL_IDLE && conn.conn.is_open() {
+                return Some(Taken::One { conn, reused: true });
             }
         }
         None
@@ -211,12 +226,11 @@ impl Connections {
             self.lock().shared = Some(tx.clone());
             return Ok(Taken::Shared { tx, reused: false });
         }
-        let (tx, conn) = http1::handshake(io).await.map_err(|e| Failure::Connect(chain(&e)))?;
-        self.drive(conn, "HTTP/1.1");
-        Ok(Taken::One { tx, reused: false })
+        let conn = Box::new(Http1 { conn: h1::Conn::new(TokioIo::new(io)), _open: Live::new(self.open.clone()) });
+        Ok(Taken::One { conn, reused: false })
     }
 
-    /// Runs a connection's I/O in a task of its own, counted in `open` while it lives.
+    /// Runs an HTTP/2 connection's I/O in a task of its own, counted in `open` while it lives.
     fn drive(&self, conn: impl Future<Output = hyper::Result<()>> + Send + 'static, version: &'static str) {
         let live = Live::new(self.open.clone());
         tokio::spawn(async move {
@@ -227,29 +241,25 @@ impl Connections {
         });
     }
 
-    /// Starts, once, the task that closes connections idle for longer than `POOL_IDLE`; it
-    /// ends with the last reference to these connections.
+    /// Starts, once, the task that closes idle connections the upstream closed (woken by
+    /// them) and those idle for longer than `POOL_IDLE` (looked at every third of it); it ends
+    /// with the last reference to these connections.
     fn start_reaping(self: &Arc<Self>) {
         if std::mem::replace(&mut self.lock().reaping, true) {
             return;
         }
         let this: Weak<Connections> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(POOL_IDLE / 3).await;
-                let Some(this) = this.upgrade() else { return };
-                this.lock().idle.retain(|(tx, since)| !tx.is_closed() && since.elapsed() < POOL_IDLE);
+        let mut tick = tokio::time::interval(POOL_IDLE / 3);
+        tokio::spawn(poll_fn(move |cx| {
+            let Some(this) = this.upgrade() else { return Poll::Ready(()) };
+            while tick.poll_tick(cx).is_ready() {}
+            let mut state = this.lock();
+            if !state.watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                state.watcher = Some(cx.waker().clone());
             }
-        });
-    }
-
-    /// HTTP/1.1 on the wire: `Host` and the path alone.
-    fn origin_form(&self, req: &mut Request<Full<Bytes>>) {
-        req.headers_mut().entry(HOST).or_insert_with(|| self.host.clone());
-        if req.uri().scheme().is_some() {
-            let path = req.uri().path_and_query().cloned().unwrap_or_else(|| "/".parse().expect("a path"));
-            *req.uri_mut() = Uri::from(path);
-        }
+            state.idle.retain_mut(|(conn, since)| since.elapsed() < POOL_IDLE && conn.conn.poll_open(cx));
+            Poll::Pending
+        }));
     }
 
     /// HTTP/2 on the wire: scheme and authority in the URI.
@@ -267,32 +277,64 @@ impl Connections {
     }
 }
 
-/// A response body that gives its HTTP/1.1 connection back when read to the end.
+/// A response body. An HTTP/1.1 one is read from its connection by whoever polls it, and
+/// gives the connection back when read to the end.
 pub struct Body {
-    inner: Incoming,
-    back: Option<(Arc<Connections>, Http1)>,
+    inner: Inner,
+}
+
+enum Inner {
+    Empty,
+    H1 { conn: Option<Box<Http1>>, reader: h1::Reader, back: Arc<Connections> },
+    H2(Incoming),
 }
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some((connections, tx)) = self.back.take() {
-                connections.give_back(tx);
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.inner {
+            Inner::Empty => Poll::Ready(None),
+            Inner::H2(inner) => Pin::new(inner).poll_frame(cx).map_err(std::io::Error::other),
+            Inner::H1 { conn, reader, back } => {
+                let Some(c) = conn else { return Poll::Ready(None) };
+                let polled = std::task::ready!(reader.poll_data(&mut c.conn, cx));
+                // Given back at the body's end, closed after an error.
+                if reader.is_end() || matches!(polled, Some(Err(_))) {
+                    if let Some(c) = conn.take().filter(|_| reader.reusable()) {
+                        back.give_back(c);
+                    }
+                }
+                Poll::Ready(polled.map(|r| r.map(Frame::data)))
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Empty => true,
+            Inner::H1 { conn, reader, .. } => conn.is_none() || reader.is_end(),
+            Inner::H2(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::H1 { reader, .. } => reader.remaining().map(SizeHint::with_exact).unwrap_or_default(),
+            Inner::H2(inner) => inner.size_hint(),
+        }
+    }
+}
+
+/// A request body that is all there already.
+fn whole(body: Full<Bytes>) -> Bytes {
+    let mut body = std::pin::pin!(body);
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    match body.as_mut().poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! reads, and sending with connect retries. Knows nothing about MCP sessions.
 
 mod connections;
+mod h1;
 
 pub use connections::{Body, Connections};
 
