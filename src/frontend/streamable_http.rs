@@ -115,12 +115,25 @@ fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// What a request's headers say of its session: its id and protocol version, read once.
+#[derive(Clone, Copy)]
+struct Named<'a> {
+    id: Option<&'a str>,
+    version: Option<&'a str>,
+}
+
+impl<'a> Named<'a> {
+    fn of(headers: &'a HeaderMap) -> Named<'a> {
+        Named { id: header(headers, SESSION_HEADER), version: header(headers, VERSION_HEADER) }
+    }
+}
+
 /// The live session a request names (of the caller's own), or the error that says why there
 /// is none.
-fn session(app: &App, route: &str, caller: &Caller, headers: &HeaderMap) -> Result<SessionHandle, GatewayError> {
-    let id = header(headers, SESSION_HEADER).ok_or(GatewayError::MissingSession)?;
+fn session(app: &App, route: &str, caller: &Caller, named: Named<'_>) -> Result<SessionHandle, GatewayError> {
+    let id = named.id.ok_or(GatewayError::MissingSession)?;
     let session = app.registry.lookup(id, route, caller)?;
-    if let Some(v) = header(headers, VERSION_HEADER) {
+    if let Some(v) = named.version {
         if !protocol::is_supported(v) {
             return Err(GatewayError::UnsupportedVersion(v.into()));
         }
@@ -206,10 +219,11 @@ async fn post(
     let msgs = with_trace_context(headers, body.into_messages());
     let span = tracing::Span::current();
     span.record("jsonrpc.method", msgs[0].method().unwrap_or("(response)"));
-    if let Some(id) = header(headers, SESSION_HEADER) {
+    let named = Named::of(headers);
+    if let Some(id) = named.id {
         span.record("session.id", id);
     }
-    if protocol::classify(header(headers, VERSION_HEADER), &msgs[0]) == Era::Stateless {
+    if protocol::classify(named.version, &msgs[0]) == Era::Stateless {
         return Err(GatewayError::StatelessRequest);
     }
     let is_init = |m: &Message| m.method() == Some("initialize");
@@ -225,7 +239,7 @@ async fn post(
         super::admit(app, caller, std::slice::from_ref(&msg))?;
         return initialize(app, route, backend, caller, msg).await;
     }
-    let session = session(app, route, caller, headers)?;
+    let session = session(app, route, caller, named)?;
     // Inside a session a refusal is a JSON-RPC error for each request (SDKs drop a session on
     // most HTTP errors).
     if let Err(e) = super::admit(app, caller, &msgs) {
@@ -478,7 +492,7 @@ async fn get(
     if !accepts(headers, &["text/event-stream"]) {
         return Err(GatewayError::NotAcceptable("Accept must list text/event-stream"));
     }
-    let session = session(app, route, caller, headers)?;
+    let session = session(app, route, caller, Named::of(headers))?;
     let version = session.version().unwrap_or(protocol::ASSUMED_WITHOUT_HEADER);
     let last_event_id = header(headers, "last-event-id").map(str::to_owned);
     let resumed = last_event_id.is_some();
@@ -500,7 +514,7 @@ async fn get(
 }
 
 fn delete(app: &App, route: &str, caller: &Caller, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
-    let id = session(app, route, caller, headers)?.id().to_owned();
+    let id = session(app, route, caller, Named::of(headers))?.id().to_owned();
     let session = app.registry.remove(&id).ok_or(GatewayError::UnknownSession)?;
     session.end(EndReason::Deleted);
     tracing::info!(session.id = %id, "The client deleted its session.");
