@@ -5,7 +5,8 @@
 //! hyper's client instead runs each connection in a task of its own, so every exchange crossed
 //! from the caller's task to the connection's and back three times (the request, the response
 //! head, the body), each a wake-up, often of the other worker thread. One request at a time per
-//! connection; the response is framed as RFC 9112 section 6 says.
+//! connection; the response is framed as RFC 9112 section 6 says. `HEAD` is never sent: its
+//! answer's `Content-Length` would mislead the framing.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -217,23 +218,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.buf.split_to(n).freeze()
     }
 
-    /// A whole line at the front of the buffer, consumed, without its line end.
-    fn line(&mut self) -> Option<Bytes> {
+    /// What `read` makes of a whole line at the front of the buffer (without its line end),
+    /// the line consumed; `None` while the buffer holds no whole line.
+    fn line<T>(&mut self, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
         let end = memchr::memchr(b'\n', &self.buf)?;
-        let line = self.buf.split_to(end + 1);
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        Some(Bytes::copy_from_slice(text.strip_suffix(b"\r").unwrap_or(text)))
+        let text = &self.buf[..end];
+        let seen = read(text.strip_suffix(b"\r").unwrap_or(text));
+        self.buf.advance(end + 1);
+        Some(seen)
     }
 }
 
 impl Reader {
     /// Whether the connection can carry another request once the body has ended.
     pub fn reusable(&self) -> bool {
-        self.reusable && self.state == State::Done
+        self.reusable && self.is_end()
     }
 
+    /// Whether the whole body has been read (its last bytes may be the ones just returned).
     pub fn is_end(&self) -> bool {
-        self.state == State::Done
+        matches!(self.state, State::Done | State::Length(0))
     }
 
     /// The exact bytes left, when known.
@@ -271,9 +275,9 @@ impl Reader {
                 State::Length(n) | State::ChunkData(n) => n,
                 State::Close if buffered > 0 => return Poll::Ready(Some(Ok(conn.take(buffered as usize)))),
                 State::Close => READ_SIZE as u64,
-                State::ChunkSize => match conn.line() {
-                    Some(line) => {
-                        self.state = match chunk_size(&line) {
+                State::ChunkSize => match conn.line(chunk_size) {
+                    Some(size) => {
+                        self.state = match size {
                             Ok(0) => State::Trailers(0),
                             Ok(n) => State::ChunkData(n),
                             Err(e) => return Poll::Ready(Some(Err(e))),
@@ -285,24 +289,24 @@ impl Reader {
                     }
                     None => READ_SIZE as u64,
                 },
-                State::ChunkEnd => match conn.line() {
-                    Some(line) if line.is_empty() => {
+                State::ChunkEnd => match conn.line(|line| line.is_empty()) {
+                    Some(true) => {
                         self.state = State::ChunkSize;
                         continue;
                     }
-                    Some(_) => return Poll::Ready(Some(Err(invalid("chunk data longer than its size")))),
+                    Some(false) => return Poll::Ready(Some(Err(invalid("chunk data longer than its size")))),
                     None if conn.buf.len() > 2 => {
                         return Poll::Ready(Some(Err(invalid("chunk data longer than its size"))))
                     }
                     None => READ_SIZE as u64,
                 },
-                State::Trailers(seen) => match conn.line() {
-                    Some(line) if line.is_empty() => {
+                State::Trailers(seen) => match conn.line(<[u8]>::len) {
+                    Some(0) => {
                         self.state = State::Done;
                         return Poll::Ready(None);
                     }
-                    Some(line) if seen + line.len() <= MAX_HEAD => {
-                        self.state = State::Trailers(seen + line.len() + 2);
+                    Some(len) if seen + len <= MAX_HEAD => {
+                        self.state = State::Trailers(seen + len + 2);
                         continue;
                     }
                     Some(_) => return Poll::Ready(Some(Err(invalid("trailers over 64 KiB")))),
