@@ -140,8 +140,9 @@ impl Link {
     }
 
     async fn json_body(&self, body: &Bytes, purpose: Purpose<'_>, init: bool) -> Outcome {
-        // Copies, never slices: a slice of the body would keep hyper's whole read buffer alive
-        // for as long as the session's replay buffer keeps the message.
+        // Copies, never slices: a slice of the body may keep a connection's whole read buffer
+        // (an HTTP/2 one, or a large HTTP/1.1 answer's) alive for as long as the session's
+        // replay buffer keeps the message.
         let is_batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
         let batch = is_batch.then(|| serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body).ok()).flatten();
         let messages: Vec<Bytes> = match batch {

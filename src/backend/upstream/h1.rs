@@ -120,11 +120,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     /// A whole head at the start of the buffer, consumed, or `None` when more is needed.
     fn parse_head(&mut self) -> io::Result<Option<(Response<()>, Reader)>> {
-        // Where each header's name and value lie in the head: the head is parsed in place, then
-        // copied out once, so the values it holds never keep the read buffer.
         if self.buf.is_empty() {
             return Ok(None);
         }
+        // Where each header's name and value lie in the head: the head is parsed in place, then
+        // copied out once, so the values it holds never keep the read buffer.
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -367,7 +367,8 @@ pub fn encode_head(req: &http::request::Parts, host: &HeaderValue, body_len: usi
     }
     let bodiless = matches!(req.method, http::Method::GET | http::Method::HEAD | http::Method::DELETE);
     if body_len > 0 || !bodiless {
-        line(b"content-length", body_len.to_string().as_bytes());
+        use std::io::Write as _;
+        let _ = write!(head, "content-length: {body_len}\r\n");
     }
     head.extend_from_slice(b"\r\n");
     head
