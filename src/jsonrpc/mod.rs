@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod rewrite;
+mod scan;
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,9 +64,9 @@ pub mod code {
 pub struct Id(Arc<str>);
 
 impl Id {
-    /// Parses raw JSON text as an id; `None` unless it is a string or an integer.
-    pub fn from_raw(raw: &RawValue) -> Option<Id> {
-        let text = raw.get().trim();
+    /// Parses JSON text as an id; `None` unless it is a string or an integer.
+    pub fn from_json(text: &str) -> Option<Id> {
+        let text = text.trim();
         match text.as_bytes().first()? {
             // Without a backslash, valid JSON string text is already in that one form.
             b'"' if !text.contains('\\') => Some(Id(Arc::from(text))),
@@ -179,6 +180,19 @@ struct Envelope<'a> {
     error: Option<&'a RawValue>,
 }
 
+impl<'a> From<Envelope<'a>> for scan::Fields<'a> {
+    fn from(e: Envelope<'a>) -> Self {
+        scan::Fields {
+            jsonrpc: e.jsonrpc.map(RawValue::get),
+            id: e.id.map(RawValue::get),
+            method: e.method.map(RawValue::get),
+            params: e.params.map(RawValue::get),
+            result: e.result.map(RawValue::get),
+            error: e.error.map(RawValue::get),
+        }
+    }
+}
+
 /// Keeps a present `null` as raw `null` instead of turning it into `None`.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
@@ -283,15 +297,19 @@ impl Body {
 impl Message {
     /// Parses one message from bytes that hold exactly one JSON value.
     ///
-    /// One pass over the bytes when they are a well-formed object in UTF-8 (the usual case);
-    /// anything else takes [`Message::parse_in_two_steps`], whose error is the answer.
+    /// One pass over the bytes when they are a well-formed object in UTF-8 (the usual case):
+    /// the envelope scanner's when it is sure of its answer, else serde_json's; anything else
+    /// takes [`Message::parse_in_two_steps`], whose error is the answer.
     pub fn parse(bytes: &Bytes) -> Result<Message, ParseError> {
         let text = bytes.trim_ascii();
         // Read from a `str`, the members serde_json borrows are not checked for UTF-8 again.
         // All of `bytes` is read: not all that `trim_ascii` drops is JSON whitespace.
         if let Some(Ok(json)) = (text.first() == Some(&b'{')).then(|| std::str::from_utf8(bytes)) {
+            if let Some(fields) = scan::envelope(json) {
+                return Message::from_envelope(bytes.slice_ref(text), fields);
+            }
             if let Ok(env) = serde_json::from_str::<Envelope<'_>>(json) {
-                return Message::from_envelope(bytes.slice_ref(text), env);
+                return Message::from_envelope(bytes.slice_ref(text), env.into());
             }
         }
         Message::parse_in_two_steps(bytes)
@@ -314,26 +332,26 @@ impl Message {
         // the gateway and the backend could each read a different one.
         let env: Envelope<'_> =
             serde_json::from_str(raw.get()).map_err(|_| ParseError::Invalid("a member appears twice"))?;
-        Message::from_envelope(source.slice_ref(raw.get().as_bytes()), env)
+        Message::from_envelope(source.slice_ref(raw.get().as_bytes()), env.into())
     }
 
     /// Checks an envelope and keeps what the gateway routes on; `raw` is the message's text.
-    fn from_envelope(raw: Bytes, env: Envelope<'_>) -> Result<Message, ParseError> {
-        if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+    fn from_envelope(raw: Bytes, env: scan::Fields<'_>) -> Result<Message, ParseError> {
+        if env.jsonrpc != Some("\"2.0\"") {
             return Err(ParseError::Invalid("\"jsonrpc\" must be \"2.0\""));
         }
         let id = match env.id {
             None => None,
-            Some(r) if r.get() == "null" => None,
-            Some(r) => Some(Id::from_raw(r).ok_or(ParseError::Invalid("\"id\" must be a string or an integer"))?),
+            Some("null") => None,
+            Some(r) => Some(Id::from_json(r).ok_or(ParseError::Invalid("\"id\" must be a string or an integer"))?),
         };
         // The parser borrowed the id's text from the same buffer `raw` shares.
         let id_at = env.id.and_then(|r| {
-            let start = (r.get().as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
-            let end = start + r.get().len();
+            let start = (r.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+            let end = start + r.len();
             (end <= raw.len()).then_some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
         });
-        let method = match env.method.map(|m| m.get().trim()) {
+        let method = match env.method.map(str::trim) {
             None => None,
             // Without a backslash, a JSON string's text between its quotes is the string.
             Some(t) if t.len() >= 2 && t.starts_with('"') && !t.contains('\\') => Some(Arc::from(&t[1..t.len() - 1])),
@@ -342,7 +360,7 @@ impl Message {
             )),
         };
         // `null` is taken as absent: some clients send it for "no params".
-        if env.params.is_some_and(|p| !matches!(p.get().as_bytes().first(), Some(b'{' | b'[' | b'n'))) {
+        if env.params.is_some_and(|p| !matches!(p.as_bytes().first(), Some(b'{' | b'[' | b'n'))) {
             return Err(ParseError::Invalid("\"params\" must be an object or an array"));
         }
         let kind = match (&method, &id, env.result, env.error) {
@@ -360,8 +378,7 @@ impl Message {
     }
 
     /// Picks out the routing fields, scanning params only when they can be there.
-    fn read_params(&mut self, params: &RawValue) {
-        let text = params.get();
+    fn read_params(&mut self, text: &str) {
         let wanted = match self.kind {
             Kind::Request => text.contains("progressToken"),
             Kind::Notification => {
@@ -376,10 +393,12 @@ impl Message {
             return;
         };
         match self.kind {
-            Kind::Request => self.progress_token = p.meta.and_then(|m| m.progress_token).and_then(Id::from_raw),
+            Kind::Request => {
+                self.progress_token = p.meta.and_then(|m| m.progress_token).map(RawValue::get).and_then(Id::from_json)
+            }
             _ => {
-                self.progress_token = p.progress_token.and_then(Id::from_raw);
-                self.cancelled_id = p.request_id.and_then(Id::from_raw);
+                self.progress_token = p.progress_token.map(RawValue::get).and_then(Id::from_json);
+                self.cancelled_id = p.request_id.map(RawValue::get).and_then(Id::from_json);
             }
         }
     }
@@ -538,7 +557,7 @@ mod tests {
 
     #[test]
     fn ids_of_any_length_keep_their_text_and_compare_by_it() {
-        let raw = |t: &str| Id::from_raw(&serde_json::value::RawValue::from_string(t.into()).unwrap()).unwrap();
+        let raw = |t: &str| Id::from_json(t).unwrap();
         let uuid = r#""0b6c9a52-4c1e-4c4b-9d36-0c3f1c5d2e7a""#;
         let long = format!("\"{}\"", "x".repeat(100));
         for text in ["1", "-7", r#""a""#, uuid, &long, "18446744073709551615"] {
