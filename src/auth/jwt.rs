@@ -8,16 +8,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Uri;
-use http_body_util::Full;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::Principal;
-use crate::backend::upstream::Connections;
+use crate::backend::upstream::{Connections, Outgoing};
 use crate::config::JwtConfig;
 
 /// Shortest time between two fetches of a JWKS URL caused by unknown key ids.
@@ -104,12 +102,9 @@ impl Shared {
                 tokio::fs::read(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?.into()
             }
             Source::Url { url, connections } => {
-                let req = http::Request::get(url.clone())
-                    .header(http::header::ACCEPT, "application/json")
-                    .body(Full::new(Bytes::new()))
-                    .expect("a valid request");
+                let req = Outgoing::new(http::Method::GET, url.clone(), "application/json", None);
                 let fetch = async {
-                    let resp = connections.send(req).await.map_err(|e| format!("cannot fetch the JWKS: {e}"))?;
+                    let resp = connections.send(&req).await.map_err(|e| format!("cannot fetch the JWKS: {e}"))?;
                     if !resp.status().is_success() {
                         return Err(format!("the JWKS URL answered {}", resp.status()));
                     }

@@ -75,7 +75,7 @@ async fn link(
     events: &super::Events,
 ) -> Result<(), String> {
     let resp =
-        up.send(|| up.request(Method::GET, &up.url, "text/event-stream", None)).await.map_err(|e| e.to_string())?;
+        up.send(&up.request(Method::GET, &up.url, "text/event-stream", None)).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     if !status.is_success() || media_type(resp.headers()) != "text/event-stream" {
         let body = read_body(resp.into_body(), 64 * 1024).await.unwrap_or_default();
@@ -144,9 +144,7 @@ async fn read(mut body: Body, mut decoder: Decoder, events: &super::Events) -> R
 /// POSTs one message; a refused request is answered with an error at once.
 async fn post(up: &Upstream, endpoint: &Uri, msg: Bytes, events: &super::Events) -> Result<(), String> {
     let id = Message::parse(&msg).ok().filter(Message::is_request).and_then(|m| m.id);
-    let why = match up
-        .send(|| up.request(Method::POST, endpoint, "application/json, text/event-stream", Some(msg.clone())))
-        .await
+    let why = match up.send(&up.request(Method::POST, endpoint, "application/json, text/event-stream", Some(msg))).await
     {
         Ok(r) if r.status().is_success() => return Ok(()),
         Ok(r) if r.status() == StatusCode::NOT_FOUND => {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{forgot_session, set_session, Link, ACCEPT_BOTH, ACCEPT_SSE, DEFAULT_RETRY, MAX_RETRY};
 use crate::backend::event_stream::Decoder;
-use crate::backend::upstream::{media_type, read_body, snippet, Body, SESSION_HEADER};
+use crate::backend::upstream::{media_type, read_body, snippet, Body, LAST_EVENT_ID, SESSION_HEADER};
 use crate::backend::Event;
 use crate::jsonrpc::{Id, Kind, Message};
 
@@ -74,12 +74,9 @@ impl Link {
             snap.session = None;
             snap.version = None;
         }
-        let build = || {
-            let mut req = self.up.request(Method::POST, &self.up.url, ACCEPT_BOTH, Some(body.clone()));
-            set_session(&mut req, &snap);
-            req
-        };
-        let resp = match self.up.send(build).await {
+        let mut req = self.up.request(Method::POST, &self.up.url, ACCEPT_BOTH, Some(body.clone()));
+        set_session(&mut req, &snap);
+        let resp = match self.up.send(&req).await {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
@@ -239,13 +236,10 @@ impl Link {
     /// GET with `Last-Event-ID`: the rest of a broken stream (`None` when cancelled).
     async fn resume(&self, last: &HeaderValue, cancel: &CancellationToken) -> Result<Option<Body>, String> {
         let snap = self.snapshot();
-        let build = || {
-            let mut req = self.up.request(Method::GET, &self.up.url, ACCEPT_SSE, None);
-            set_session(&mut req, &snap);
-            req.headers_mut().insert("last-event-id", last.clone());
-            req
-        };
-        let resp = match Link::until(cancel, self.up.send(build)).await {
+        let mut req = self.up.request(Method::GET, &self.up.url, ACCEPT_SSE, None);
+        set_session(&mut req, &snap);
+        req.header(LAST_EVENT_ID, last.clone());
+        let resp = match Link::until(cancel, self.up.send(&req)).await {
             None => return Ok(None),
             Some(Ok(r)) => r,
             Some(Err(e)) => return Err(e.to_string()),

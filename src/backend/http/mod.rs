@@ -22,14 +22,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode};
-use http_body_util::Full;
+use http::{HeaderValue, Method, StatusCode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::event_stream::Decoder;
-use super::upstream::{media_type, read_body, snippet, Upstream, SESSION_HEADER, VERSION_HEADER};
+use super::upstream::{
+    media_type, read_body, snippet, Outgoing, Upstream, LAST_EVENT_ID, SESSION_HEADER, VERSION_HEADER,
+};
 use super::{legacy_sse, Call, Connection, Context, Event, Gone, Outbox, Refused, Stopper};
 use crate::error::GatewayError;
 use crate::jsonrpc::{Id, Kind, Message};
@@ -516,15 +517,12 @@ impl Link {
         loop {
             let snap = self.snapshot();
             let last = decoder.last_id.clone();
-            let build = || {
-                let mut req = self.up.request(Method::GET, &self.up.url, ACCEPT_SSE, None);
-                set_session(&mut req, &snap);
-                if let Some(id) = last.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
-                    req.headers_mut().insert("last-event-id", id);
-                }
-                req
-            };
-            let resp = match Link::until(&token, self.up.send(build)).await {
+            let mut req = self.up.request(Method::GET, &self.up.url, ACCEPT_SSE, None);
+            set_session(&mut req, &snap);
+            if let Some(id) = last.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+                req.header(LAST_EVENT_ID, id);
+            }
+            let resp = match Link::until(&token, self.up.send(&req)).await {
                 None => return,
                 Some(Ok(r)) => r,
                 Some(Err(e)) => {
@@ -571,13 +569,10 @@ impl Link {
         if snap.session.is_none() {
             return;
         }
-        let build = || {
-            let mut req = self.up.request(Method::DELETE, &self.up.url, ACCEPT_BOTH, None);
-            set_session(&mut req, &snap);
-            req
-        };
+        let mut req = self.up.request(Method::DELETE, &self.up.url, ACCEPT_BOTH, None);
+        set_session(&mut req, &snap);
         let delete = async {
-            match self.up.send(build).await {
+            match self.up.send(&req).await {
                 Ok(r) => tracing::debug!(parent: &self.span, status = %r.status(), "Ended the upstream session."),
                 Err(e) => tracing::debug!(parent: &self.span, "Could not end the upstream session: {e}."),
             }
@@ -586,12 +581,12 @@ impl Link {
     }
 }
 
-fn set_session(req: &mut Request<Full<Bytes>>, snap: &Snapshot) {
+fn set_session(req: &mut Outgoing, snap: &Snapshot) {
     if let Some(s) = &snap.session {
-        req.headers_mut().insert(SESSION_HEADER, s.clone());
+        req.header(SESSION_HEADER, s.clone());
     }
     if let Some(v) = &snap.version {
-        req.headers_mut().insert(VERSION_HEADER, v.clone());
+        req.header(VERSION_HEADER, v.clone());
     }
 }
 

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{Response, Uri};
 use http_body_util::Full;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
@@ -34,7 +34,7 @@ use prometheus::IntGauge;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::h1;
+use super::{h1, Outgoing};
 use crate::metrics::Live;
 
 type Http2 = http2::SendRequest<Full<Bytes>>;
@@ -123,7 +123,7 @@ impl Connections {
     /// Sends `req` (an absolute URI on this origin) and waits for the response head. The
     /// connection returns to the idle list when the body has been read to its end; dropping
     /// the body (or this future) earlier closes it.
-    pub async fn send(self: &Arc<Self>, mut req: Request<Full<Bytes>>) -> Result<Response<Body>, Failure> {
+    pub async fn send(self: &Arc<Self>, req: &Outgoing) -> Result<Response<Body>, Failure> {
         loop {
             let taken = match self.take() {
                 Some(t) => t,
@@ -132,26 +132,21 @@ impl Connections {
             };
             match taken {
                 Taken::Shared { mut tx, reused } => {
-                    self.absolute_form(&mut req);
-                    match tx.try_send_request(req).await {
+                    match tx.try_send_request(req.to_http(self.absolute_form(&req.uri))).await {
                         Ok(resp) => return Ok(resp.map(|inner| Body { inner: Inner::H2(inner) })),
                         Err(mut e) => match e.take_message() {
-                            Some(r) if reused => {
+                            Some(_) if reused => {
                                 // The connection is going away: the next request opens another.
                                 self.lock().shared = None;
-                                req = r;
                             }
                             _ => return Err(Failure::Send(chain(e.error()))),
                         },
                     }
                 }
                 Taken::One { mut conn, reused } => {
-                    let (parts, body) = req.into_parts();
-                    let body = whole(body);
-                    let head = h1::encode_head(&parts, &self.host, body.len());
-                    if let Err(e) = conn.conn.write(&head, &body).await {
+                    let head = h1::encode_head(req, &self.host);
+                    if let Err(e) = conn.conn.write(&head, req.body.as_deref().unwrap_or_default()).await {
                         if reused {
-                            req = Request::from_parts(parts, Full::new(body));
                             continue;
                         }
                         return Err(Failure::Send(format!("writing the request: {e}")));
@@ -263,13 +258,14 @@ impl Connections {
     }
 
     /// HTTP/2 on the wire: scheme and authority in the URI.
-    fn absolute_form(&self, req: &mut Request<Full<Bytes>>) {
-        if req.uri().scheme().is_none() {
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = Some(self.scheme.clone());
-            parts.authority = Some(self.authority.clone());
-            *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path");
+    fn absolute_form(&self, uri: &Uri) -> Uri {
+        if uri.scheme().is_some() {
+            return uri.clone();
         }
+        let mut parts = uri.clone().into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        Uri::from_parts(parts).expect("scheme, authority and path")
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -325,16 +321,6 @@ impl hyper::body::Body for Body {
             Inner::H1 { reader, .. } => reader.remaining().map(SizeHint::with_exact).unwrap_or_default(),
             Inner::H2(inner) => inner.size_hint(),
         }
-    }
-}
-
-/// A request body that is all there already.
-fn whole(body: Full<Bytes>) -> Bytes {
-    let mut body = std::pin::pin!(body);
-    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-    match body.as_mut().poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
     }
 }
 

@@ -18,6 +18,8 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER
 use http::{HeaderMap, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::Outgoing;
+
 /// The longest response head (status line and headers), and the most trailer bytes.
 const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a response head may have.
@@ -342,9 +344,10 @@ fn chunk_size(line: &[u8]) -> io::Result<u64> {
     u64::from_str_radix(text, 16).map_err(|_| invalid("a bad chunk size"))
 }
 
-/// A request's head on the wire: request line, `Host` (when the request has none), the
-/// request's headers, and `Content-Length` when there is a body or the method expects one.
-pub fn encode_head(req: &http::request::Parts, host: &HeaderValue, body_len: usize) -> Vec<u8> {
+/// A request's head on the wire: request line (origin-form target), `Host`, the request's
+/// headers, and `Content-Length` when there is a body or the method expects one. Written from
+/// the request as the gateway made it, with no header map between.
+pub fn encode_head(req: &Outgoing, host: &HeaderValue) -> Vec<u8> {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(req.method.as_str().as_bytes());
@@ -357,18 +360,31 @@ pub fn encode_head(req: &http::request::Parts, host: &HeaderValue, body_len: usi
         head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     };
-    if !req.headers.contains_key(http::header::HOST) {
-        line(b"host", host.as_bytes());
+    line(b"host", host.as_bytes());
+    line(b"accept", req.accept().as_bytes());
+    if req.body.is_some() {
+        line(b"content-type", super::JSON.as_bytes());
     }
-    for (name, value) in &req.headers {
+    for (name, value) in req.own().iter().map(|(n, v)| (n, v)).chain(req.configured()) {
         if name != CONTENT_LENGTH {
             line(name.as_str().as_bytes(), value.as_bytes());
         }
     }
+    let body_len = req.body.as_ref().map_or(0, Bytes::len);
     let bodiless = matches!(req.method, http::Method::GET | http::Method::HEAD | http::Method::DELETE);
     if body_len > 0 || !bodiless {
-        use std::io::Write as _;
-        let _ = write!(head, "content-length: {body_len}\r\n");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = body_len;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        line(b"content-length", &digits[at..]);
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -453,10 +469,11 @@ mod tests {
     async fn a_request_is_written_whole_and_an_idle_connection_knows_when_it_was_closed() {
         let (ours, mut theirs) = duplex(64);
         let mut conn = Conn::new(ours);
-        let mut req = http::Request::post("http://up:8080/mcp?x=1").body(()).unwrap().into_parts().0;
-        req.headers.insert("mcp-session-id", HeaderValue::from_static("s1"));
-        let head = encode_head(&req, &HeaderValue::from_static("up:8080"), 300);
-        let body = vec![b'b'; 300];
+        let body = Bytes::from(vec![b'b'; 300]);
+        let uri = http::Uri::from_static("http://up:8080/mcp?x=1");
+        let mut req = Outgoing::new(http::Method::POST, uri, "application/json", Some(body.clone()));
+        req.header(HeaderName::from_static("mcp-session-id"), HeaderValue::from_static("s1"));
+        let head = encode_head(&req, &HeaderValue::from_static("up:8080"));
         let reading = tokio::spawn(async move {
             let mut all = Vec::new();
             theirs.read_to_end(&mut all).await.map(|_| all)
@@ -466,9 +483,16 @@ mod tests {
         drop(conn);
         let wire = String::from_utf8(reading.await.unwrap().unwrap()).unwrap();
         assert!(wire.starts_with(
-            "POST /mcp?x=1 HTTP/1.1\r\nhost: up:8080\r\nmcp-session-id: s1\r\ncontent-length: 300\r\n\r\nbbb"
+            "POST /mcp?x=1 HTTP/1.1\r\nhost: up:8080\r\naccept: application/json\r\ncontent-type: application/json\r\n\
+             mcp-session-id: s1\r\ncontent-length: 300\r\n\r\nbbb"
         ));
         assert_eq!(wire.len(), head.len() + 300);
+        let get = Outgoing::new(http::Method::GET, http::Uri::from_static("http://up/"), "text/event-stream", None);
+        assert_eq!(
+            encode_head(&get, &HeaderValue::from_static("up")),
+            b"GET / HTTP/1.1\r\nhost: up\r\naccept: text/event-stream\r\n\r\n",
+            "no body, no length"
+        );
 
         let (ours, theirs) = duplex(64);
         let mut conn = Conn::new(ours);

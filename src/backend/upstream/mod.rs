@@ -24,6 +24,7 @@ use crate::retry::{Attempts, Backoff};
 
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
+pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// Longest part of an upstream's error body quoted to the client.
 const SNIPPET: usize = 200;
 
@@ -33,7 +34,7 @@ pub struct Upstream {
     pub url: Uri,
     pub config: UpstreamConfig,
     /// The configured headers, resolved once at start.
-    headers: HeaderMap,
+    headers: Arc<HeaderMap>,
     connections: Arc<Connections>,
     pub metrics: BackendMetrics,
     /// Unusable while connects fail (`/readyz`).
@@ -45,6 +46,65 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream").field("name", &self.name).field("url", &self.url).finish_non_exhaustive()
     }
 }
+
+/// A request to the upstream as the gateway makes it: a method, a target, what it accepts, the
+/// body it chose (JSON), the headers of this exchange and the configured ones. Written straight
+/// onto an HTTP/1.1 connection (no header map built and hashed for it); made into an
+/// `http::Request` for HTTP/2. Kept whole, so that a request turned away by a connection the
+/// upstream had just closed goes out again on another.
+pub struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    accept: &'static str,
+    pub body: Option<Bytes>,
+    /// This exchange's own headers (the MCP session's, `Last-Event-ID`).
+    own: Vec<(HeaderName, HeaderValue)>,
+    configured: Arc<HeaderMap>,
+}
+
+impl Outgoing {
+    pub fn new(method: Method, uri: Uri, accept: &'static str, body: Option<Bytes>) -> Outgoing {
+        Outgoing { method, uri, accept, body, own: Vec::new(), configured: Arc::default() }
+    }
+
+    /// Adds a header of this exchange.
+    pub fn header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.own.push((name, value));
+    }
+
+    pub fn accept(&self) -> &'static str {
+        self.accept
+    }
+
+    /// This exchange's own headers, in the order they were added.
+    pub fn own(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.own
+    }
+
+    pub fn configured(&self) -> &HeaderMap {
+        &self.configured
+    }
+
+    /// The request as an `http::Request` to `uri` (HTTP/2 wants the absolute form).
+    pub fn to_http(&self, uri: Uri) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone().unwrap_or_default()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        headers.insert(ACCEPT, HeaderValue::from_static(self.accept));
+        if self.body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+        }
+        for (name, value) in &self.own {
+            headers.insert(name, value.clone());
+        }
+        headers.extend(self.configured.iter().map(|(n, v)| (n.clone(), v.clone())));
+        req
+    }
+}
+
+/// The media type of every request body the gateway sends.
+pub const JSON: &str = "application/json";
 
 /// A request that failed before an answer came back.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +120,7 @@ pub enum SendError {
 impl Upstream {
     pub fn new(name: &str, config: UpstreamConfig, metrics: BackendMetrics) -> Result<Upstream, String> {
         let url: Uri = config.url.parse().map_err(|e| format!("`url`: {e}"))?;
-        let headers = resolve_headers(&config)?;
+        let headers = Arc::new(resolve_headers(&config)?);
         let open = metrics.upstream_connections.clone();
         let connections = connections(&config.tls, &url, config.connect_timeout, config.http2, open)?;
         Ok(Upstream {
@@ -76,36 +136,18 @@ impl Upstream {
 
     /// A request to `uri` with the configured headers. Never carries anything of the client's
     /// own request: only the body the gateway chose and these headers.
-    pub fn request(
-        &self,
-        method: Method,
-        uri: &Uri,
-        accept: &'static str,
-        body: Option<Bytes>,
-    ) -> Request<Full<Bytes>> {
-        let json = body.is_some();
-        let mut req = Request::new(Full::new(body.unwrap_or_default()));
-        *req.method_mut() = method;
-        *req.uri_mut() = uri.clone();
-        let headers = req.headers_mut();
-        headers.insert(ACCEPT, HeaderValue::from_static(accept));
-        if json {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        if !self.headers.is_empty() {
-            headers.extend(self.headers.clone());
-        }
-        req
+    pub fn request(&self, method: Method, uri: &Uri, accept: &'static str, body: Option<Bytes>) -> Outgoing {
+        Outgoing { configured: Arc::clone(&self.headers), ..Outgoing::new(method, uri.clone(), accept, body) }
     }
 
     /// Sends a request, retrying connect failures (which never reached the upstream) with
     /// capped, jittered backoff until `connect_timeout` is spent.
-    pub async fn send(&self, build: impl Fn() -> Request<Full<Bytes>>) -> Result<Response<Body>, SendError> {
+    pub async fn send(&self, req: &Outgoing) -> Result<Response<Body>, SendError> {
         let mut attempts = Attempts::new(Backoff::default(), self.config.connect_timeout);
         loop {
             // Boxed: the exchange is a large future, and every task that sends (a session's
             // GET stream above all, idle for hours) would otherwise keep room for it.
-            match Box::pin(self.connections.send(build())).await {
+            match Box::pin(self.connections.send(req)).await {
                 Ok(r) => {
                     self.health.ok();
                     return Ok(r);
