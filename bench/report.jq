@@ -26,8 +26,14 @@ def medians: group_by([.target, .transport, .sessions])
       rounds: ($g | length), rps_min: ($g[0].req_per_s // 0), rps_max: ($g[-1].req_per_s // 0),
       errors: ($g | map(.errors) | add), first_error: ([$g[].first_error | select(.)] | first)});
 def at($t; $tr; $n): map(select(.target == $t and .transport == $tr and .sessions == $n))[0];
+# Throughput ÷ direct round by round (each round runs direct and the target a few seconds
+# apart, so a machine that speeds up or slows down between rounds moves both): the sorted
+# ratios of the rounds that ran both.
+def paired($t; $n): [.[] | select(.transport == "http" and .sessions == $n and (.target == "direct" or .target == $t))]
+  | group_by(.round) | map(select(length == 2 and .[0].round != null)
+  | (map(select(.target == $t))[0].req_per_s) / (map(select(.target == "direct"))[0].req_per_s)) | sort;
 
-medians | sort_by(order, .transport, .sessions) as $rows
+. as $runs | medians | sort_by(order, .transport, .sessions) as $rows
 | ($rows | map(.sessions) | if index(32) then 32 else max end) as $n
 | at("direct"; "http"; $n) as $d
 | ($rows | edges) as $edges
@@ -37,7 +43,9 @@ medians | sort_by(order, .transport, .sessions) as $rows
   "",
   "Ratios (\($n) sessions unless stated; medians of \($rows | map(.rounds) | max) rounds):",
   ($edges[] as $t | at($t; "http"; $n) // empty | select($d != null)
-    | "- throughput, \($t) ÷ direct (Streamable HTTP): \(.req_per_s / $d.req_per_s | r2)"),
+    | ($runs | paired($t; $n)) as $p
+    | "- throughput, \($t) ÷ direct (Streamable HTTP): \(.req_per_s / $d.req_per_s | r2)"
+      + if ($p | length) > 0 then "; round by round \($p[$p | length / 2 | floor] | r2) (\($p[0] | r2)–\($p[-1] | r2))" else "" end),
   (["http", "ws"][] as $tr | at("direct"; $tr; 1) as $b | $edges[] as $t
     | at($t; $tr; 1) // empty | select(.p50_us != null and $b.p50_us != null)
     | "- added p50 latency at 1 session, \($t) vs direct (\($tr)): \(.p50_us - $b.p50_us) µs (\(.p50_us) vs \($b.p50_us))"),
