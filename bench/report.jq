@@ -1,6 +1,8 @@
 # Turns the JSON lines that scripts/bench collects (one per run of examples/loadgen, one run
 # per round of each target × transport × sessions cell) into a markdown table and the ratios.
-# Each cell shows the round with the median req/s, and the range over the rounds.
+# Each cell shows the round with the median req/s, and the range over the rounds; a throughput
+# ratio is given as the ratio of the medians and, round by round, as the median and range of
+# each round's own ratio.
 # Usage: jq -sr -f bench/report.jq runs.jsonl
 
 def mib: if . == null then "-" else (. / 1024 * 10 | round / 10 | tostring) end;
@@ -45,7 +47,7 @@ def paired($t; $n): [.[] | select(.transport == "http" and .sessions == $n and (
   ($edges[] as $t | at($t; "http"; $n) // empty | select($d != null)
     | ($runs | paired($t; $n)) as $p
     | "- throughput, \($t) ÷ direct (Streamable HTTP): \(.req_per_s / $d.req_per_s | r2)"
-      + if ($p | length) > 0 then "; round by round \($p[$p | length / 2 | floor] | r2) (\($p[0] | r2)–\($p[-1] | r2))" else "" end),
+      + if ($p | length) > 1 then "; round by round \($p[$p | length / 2 | floor] | r2) (\($p[0] | r2)–\($p[-1] | r2))" else "" end),
   (["http", "ws"][] as $tr | at("direct"; $tr; 1) as $b | $edges[] as $t
     | at($t; $tr; 1) // empty | select(.p50_us != null and $b.p50_us != null)
     | "- added p50 latency at 1 session, \($t) vs direct (\($tr)): \(.p50_us - $b.p50_us) µs (\(.p50_us) vs \($b.p50_us))"),
