@@ -29,39 +29,23 @@ pub(super) fn envelope(text: &str) -> Option<Fields<'_>> {
     let mut s = Scan { b: text.as_bytes(), i: 0 };
     let mut f = Fields::default();
     s.ws();
-    s.eat(b'{')?;
-    s.ws();
-    if s.b.get(s.i) == Some(&b'}') {
-        s.i += 1;
-    } else {
-        loop {
-            let key = s.key()?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            let start = s.i;
-            s.value(1)?;
-            let slot = match key {
-                b"jsonrpc" => &mut f.jsonrpc,
-                b"id" => &mut f.id,
-                b"method" => &mut f.method,
-                b"params" => &mut f.params,
-                b"result" => &mut f.result,
-                b"error" => &mut f.error,
-                _ => &mut None,
-            };
-            // A repeated member is serde_json's to refuse.
-            if slot.replace(&text[start..s.i]).is_some() {
-                return None;
-            }
-            s.ws();
-            match s.next()? {
-                b',' => s.ws(),
-                b'}' => break,
-                _ => return None,
-            }
-        }
-    }
+    s.list(b'{', b'}', |s| {
+        let key = s.key()?;
+        s.colon()?;
+        let start = s.i;
+        s.value(1)?;
+        let slot = match key {
+            b"jsonrpc" => &mut f.jsonrpc,
+            b"id" => &mut f.id,
+            b"method" => &mut f.method,
+            b"params" => &mut f.params,
+            b"result" => &mut f.result,
+            b"error" => &mut f.error,
+            _ => &mut None,
+        };
+        // A repeated member is serde_json's to refuse.
+        slot.replace(&text[start..s.i]).is_none().then_some(())
+    })?;
     s.ws();
     (s.i == s.b.len()).then_some(f)
 }
@@ -93,6 +77,33 @@ impl<'a> Scan<'a> {
 
     fn eat(&mut self, c: u8) -> Option<()> {
         (self.next()? == c).then_some(())
+    }
+
+    /// `open`, items read by `item` and separated by commas, `close`; whitespace between.
+    fn list(&mut self, open: u8, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(open)?;
+        self.ws();
+        if self.b.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                c if c == close => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The `:` between a member's name and its value.
+    fn colon(&mut self) -> Option<()> {
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(())
     }
 
     /// JSON's whitespace (not all of ASCII's).
@@ -134,44 +145,12 @@ impl<'a> Scan<'a> {
         match *self.b.get(self.i)? {
             b'"' => self.string().map(drop),
             b'{' | b'[' if depth >= DEPTH => None,
-            b'{' => {
-                self.i += 1;
-                self.ws();
-                if self.b.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        b'}' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                self.ws();
-                if self.b.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        b']' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
+            b'{' => self.list(b'{', b'}', |s| {
+                s.string()?;
+                s.colon()?;
+                s.value(depth + 1)
+            }),
+            b'[' => self.list(b'[', b']', |s| s.value(depth + 1)),
             b'-' | b'0'..=b'9' => self.number(),
             b't' => self.word(b"true"),
             b'f' => self.word(b"false"),

@@ -63,6 +63,7 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// A request with no configured headers.
     pub fn new(method: Method, uri: Uri, accept: &'static str, body: Option<Bytes>) -> Outgoing {
         Outgoing { method, uri, accept, body, own: Vec::new(), configured: Arc::default() }
     }
@@ -137,7 +138,9 @@ impl Upstream {
     /// A request to `uri` with the configured headers. Never carries anything of the client's
     /// own request: only the body the gateway chose and these headers.
     pub fn request(&self, method: Method, uri: &Uri, accept: &'static str, body: Option<Bytes>) -> Outgoing {
-        Outgoing { configured: Arc::clone(&self.headers), ..Outgoing::new(method, uri.clone(), accept, body) }
+        // Built whole: `..Outgoing::new(..)` would make (and drop) an empty map's `Arc` first.
+        let (own, configured) = (Vec::new(), Arc::clone(&self.headers));
+        Outgoing { method, uri: uri.clone(), accept, body, own, configured }
     }
 
     /// Sends a request, retrying connect failures (which never reached the upstream) with
