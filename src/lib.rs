@@ -39,6 +39,12 @@ pub mod server;
 pub mod session;
 pub mod tls;
 
+/// A hash map on the path of every call, hashed with foldhash (seeded at random) instead of
+/// SipHash, which costs several times more per lookup. Its keys are the gateway's own (session
+/// and child ids, route paths) or a client's request ids in a map bounded by that session's
+/// `max_in_flight`, so keys made to collide could slow only the session that sent them.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What the fuzz targets in `fuzz/` call besides the public modules: the ways a client names
 /// its session. Not an API; it may change at any time.
 #[doc(hidden)]

@@ -25,6 +25,7 @@ use crate::error::GatewayError;
 use crate::jsonrpc::{Id, Message};
 use crate::metrics::Metrics;
 use crate::session::Registry;
+use crate::FastMap;
 
 /// Every response body the gateway sends.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -45,9 +46,9 @@ pub struct Served {
     pub config: Config,
     pub guard: guard::OriginGuard,
     /// Route path → what serves it.
-    pub routes: HashMap<String, Route>,
+    pub routes: FastMap<String, Route>,
     /// Legacy HTTP+SSE paths (`sse_path`, `messages_path`) → what they serve.
-    pub legacy_paths: HashMap<String, legacy_sse::Endpoint>,
+    pub legacy_paths: FastMap<String, legacy_sse::Endpoint>,
 }
 
 impl Served {
@@ -86,8 +87,8 @@ impl Served {
     fn with_routes(config: Config, routes: HashMap<String, Route>) -> Served {
         Served {
             guard: guard::OriginGuard::new(&config.server),
-            legacy_paths: legacy_sse::endpoints(&config.routes, &routes),
-            routes,
+            legacy_paths: legacy_sse::endpoints(&config.routes, &routes).into_iter().collect(),
+            routes: routes.into_iter().collect(),
             config,
         }
     }

@@ -272,9 +272,9 @@ async fn post(
     // with an error on `rx`, so the response below still completes.
     // The exchanges that started at once (with an HTTP upstream) are driven here while the
     // answer is awaited; whatever is not over when the response is made goes on by itself.
-    let forwarded = tokio::time::timeout(app.served().config.sessions.request_timeout, session.forward_driven(&msgs));
-    let calls = match forwarded.await {
-        Ok(Ok(calls)) => calls,
+    let deadline = tokio::time::Instant::now() + app.served().config.sessions.request_timeout;
+    let calls = match rt::timeout_at(timer, deadline, session.forward_driven(&msgs)).await {
+        Some(Ok(calls)) => calls,
         _ => Vec::new(),
     };
     Ok(respond(app, route, version, opened, (rx, timer), batch, calls).await)

@@ -271,8 +271,14 @@ impl Body {
         };
         let json = |e: serde_json::Error| ParseError::Json(e.to_string());
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if first == Some(&b'{') && !too_deep(bytes) {
-            return Message::parse(bytes).map(Body::Single);
+        if first == Some(&b'{') {
+            // What the scanner is sure of nests less than `MAX_DEPTH`.
+            if let Some(m) = Message::scanned(bytes) {
+                return m.map(Body::Single);
+            }
+            if !too_deep(bytes) {
+                return Message::parse(bytes).map(Body::Single);
+            }
         }
         if first == Some(&b'[') {
             let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(json)?;
@@ -301,18 +307,29 @@ impl Message {
     /// the envelope scanner's when it is sure of its answer, else serde_json's; anything else
     /// takes [`Message::parse_in_two_steps`], whose error is the answer.
     pub fn parse(bytes: &Bytes) -> Result<Message, ParseError> {
+        if let Some(m) = Message::scanned(bytes) {
+            return m;
+        }
         let text = bytes.trim_ascii();
         // Read from a `str`, the members serde_json borrows are not checked for UTF-8 again.
         // All of `bytes` is read: not all that `trim_ascii` drops is JSON whitespace.
         if let Some(Ok(json)) = (text.first() == Some(&b'{')).then(|| std::str::from_utf8(bytes)) {
-            if let Some(fields) = scan::envelope(json) {
-                return Message::from_envelope(bytes.slice_ref(text), fields);
-            }
             if let Ok(env) = serde_json::from_str::<Envelope<'_>>(json) {
                 return Message::from_envelope(bytes.slice_ref(text), env.into());
             }
         }
         Message::parse_in_two_steps(bytes)
+    }
+
+    /// The envelope scanner's answer, when it is sure of it: an object in UTF-8 that nests
+    /// less than `scan::DEPTH` deep.
+    fn scanned(bytes: &Bytes) -> Option<Result<Message, ParseError>> {
+        let text = bytes.trim_ascii();
+        if text.first() != Some(&b'{') {
+            return None;
+        }
+        let fields = scan::envelope(std::str::from_utf8(bytes).ok()?)?;
+        Some(Message::from_envelope(bytes.slice_ref(text), fields))
     }
 
     /// The JSON value first, then its envelope: slower, and tells a syntax error from a

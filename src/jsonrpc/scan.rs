@@ -23,6 +23,8 @@ pub(super) struct Fields<'a> {
 
 /// Nesting this reader follows before it leaves the text to serde_json (which allows 128).
 const DEPTH: usize = 64;
+// What this reader answers for is never too deep for the gateway.
+const _: () = assert!(DEPTH <= super::MAX_DEPTH);
 
 /// The envelope of `text`, which must be one JSON object and nothing else but whitespace.
 pub(super) fn envelope(text: &str) -> Option<Fields<'_>> {

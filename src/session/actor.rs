@@ -17,7 +17,7 @@
 //! WebSocket reader that falls behind makes the session stop reading its backend until the
 //! reader catches up — it closes itself when it stays stuck.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -33,6 +33,7 @@ use crate::backend::{Event, EventQueue, Outbox};
 use crate::config::SessionConfig;
 use crate::error::GatewayError;
 use crate::jsonrpc::{cancelled_notification, Id, Kind, Message};
+use crate::FastMap;
 
 /// How long the end of a session waits for a stuck WebSocket reader to take its last frames.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -123,9 +124,9 @@ pub(super) struct Actor {
     metrics: RouteMetrics,
     backend: Outbox,
     in_flight: Arc<InFlight>,
-    pending: HashMap<Id, Pending>,
+    pending: FastMap<Id, Pending>,
     /// Progress token → request id.
-    tokens: HashMap<Id, Id>,
+    tokens: FastMap<Id, Id>,
     /// Ordered by creation, so the first owed stream is the oldest.
     streams: BTreeMap<u64, Stream>,
     standalone: Option<u64>,
@@ -207,8 +208,8 @@ impl Actor {
             metrics,
             backend,
             in_flight,
-            pending: HashMap::new(),
-            tokens: HashMap::new(),
+            pending: FastMap::default(),
+            tokens: FastMap::default(),
             streams: BTreeMap::new(),
             standalone: None,
             next_stream: 1,

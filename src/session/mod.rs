@@ -372,7 +372,7 @@ pub struct Registry {
     instance_id: String,
     /// Limits and timeouts for new sessions; replaced on reload (a session keeps its own copy).
     config: std::sync::RwLock<Arc<SessionConfig>>,
-    sessions: DashMap<Arc<str>, SessionHandle>,
+    sessions: DashMap<Arc<str>, SessionHandle, foldhash::fast::RandomState>,
     /// Sessions that exist, published or still initializing; bounded by `max_sessions`.
     slots: AtomicUsize,
     metrics: Arc<crate::metrics::Metrics>,
@@ -432,7 +432,7 @@ impl Registry {
         let registry = Arc::new(Registry {
             instance_id,
             config: std::sync::RwLock::new(Arc::new(config.clone())),
-            sessions: DashMap::new(),
+            sessions: DashMap::default(),
             slots: AtomicUsize::new(0),
             metrics,
             route_caps: DashMap::new(),

@@ -16,7 +16,7 @@
 
 mod exchange;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +35,7 @@ use super::{legacy_sse, Call, Connection, Context, Event, Gone, Outbox, Refused,
 use crate::error::GatewayError;
 use crate::jsonrpc::{Id, Kind, Message};
 use crate::retry::{Attempts, Backoff};
+use crate::FastMap;
 use exchange::{Outcome, Purpose};
 
 /// Events queued towards the session before upstream readers wait (backpressure).
@@ -208,7 +209,7 @@ pub(super) struct Link {
     gate: tokio::sync::RwLock<()>,
     /// The client requests in flight, each cancellable on its own (`notifications/cancelled`,
     /// the gateway's timeout).
-    requests: Mutex<HashMap<Id, CancellationToken>>,
+    requests: Mutex<FastMap<Id, CancellationToken>>,
     next_internal: AtomicU64,
     /// Messages queued for the link's task and not yet handled, plus one while the transport
     /// is undecided (`sse_fallback`): requests go straight to a task of their own only at 0.
@@ -330,7 +331,7 @@ impl Link {
         }
     }
 
-    fn requests(&self) -> std::sync::MutexGuard<'_, HashMap<Id, CancellationToken>> {
+    fn requests(&self) -> std::sync::MutexGuard<'_, FastMap<Id, CancellationToken>> {
         self.requests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -422,8 +423,10 @@ impl Link {
 
     /// Runs `fut` unless `cancel` fires first (`None`).
     async fn until<T>(cancel: &CancellationToken, fut: impl std::future::Future<Output = T>) -> Option<T> {
-        // Cancel-safe: dropping a request in flight is what cancelling means.
+        // Cancel-safe: dropping a request in flight is what cancelling means. Biased: no
+        // random pick per poll, and an answer that is there wins over a late cancel.
         tokio::select! {
+            biased;
             r = fut => Some(r),
             _ = cancel.cancelled() => None,
         }

@@ -26,6 +26,7 @@ use super::{Connection, Context, Event, Health, Outbox, Refused};
 use crate::config::PoolConfig;
 use crate::jsonrpc::Id;
 use crate::metrics::BackendMetrics;
+use crate::FastMap;
 
 pub use session::{PoolStopper, Port};
 
@@ -48,7 +49,7 @@ pub(crate) struct Shared {
     metrics: BackendMetrics,
     pub health: Health,
     slots: Vec<Arc<Slot>>,
-    sessions: Mutex<HashMap<u64, Arc<SessionEntry>>>,
+    sessions: Mutex<FastMap<u64, Arc<SessionEntry>>>,
     next_session: AtomicU64,
     /// Resource URI → the sessions subscribed to it, and the slot whose child holds the one
     /// subscription (the one the first subscriber's request went to).
@@ -82,7 +83,7 @@ pub(crate) struct Slot {
 struct Routes {
     next: u64,
     /// Child request id → who asked.
-    pending: HashMap<u64, Pending>,
+    pending: FastMap<u64, Pending>,
     /// Child progress token → the session and its own token.
     tokens: HashMap<String, (u64, Id)>,
 }
@@ -98,7 +99,7 @@ pub(crate) struct SessionEntry {
     key: u64,
     events: super::Events,
     /// The session's request id → (slot, child id), for cancellations.
-    outgoing: Mutex<HashMap<Id, (usize, u64)>>,
+    outgoing: Mutex<FastMap<Id, (usize, u64)>>,
     /// Server→client requests forwarded to this session: the id it saw → (slot, child's id).
     asked: Mutex<HashMap<String, (usize, Id)>>,
     /// The URIs this session subscribed to.
