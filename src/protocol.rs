@@ -57,6 +57,16 @@ pub fn wants_priming(version: &str) -> bool {
 
 /// The negotiated version and the raw `result` of a successful `initialize` response.
 pub fn initialize_result(response: &[u8]) -> Option<(String, bytes::Bytes)> {
+    // One pass when the reader is sure of both members; serde_json otherwise.
+    let scanned = std::str::from_utf8(response).ok().and_then(|text| {
+        let result = crate::jsonrpc::member(text, "result")??;
+        let version = crate::jsonrpc::member(result, "protocolVersion")?;
+        Some((version, result))
+    });
+    if let Some((version, result)) = scanned {
+        let version = crate::jsonrpc::string_value(version?)?;
+        return Some((version.into_owned(), bytes::Bytes::copy_from_slice(result.as_bytes())));
+    }
     #[derive(serde::Deserialize)]
     struct Response<'a> {
         #[serde(borrow)]
@@ -79,6 +89,24 @@ mod tests {
 
     fn msg(s: &'static str) -> Message {
         Message::parse(&Bytes::from_static(s.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn initialize_result_reads_the_version_and_keeps_the_result_text() {
+        let read = |s: &str| initialize_result(s.as_bytes()).map(|(v, r)| (v, String::from_utf8(r.to_vec()).unwrap()));
+        let result = r#"{"protocolVersion":"2025-06-18","capabilities":{"tools":{}}}"#;
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
+        assert_eq!(read(&answer), Some(("2025-06-18".into(), result.into())));
+        // Escapes, read by the one pass or by serde_json: the same answers.
+        assert_eq!(read(r#"{"id":1,"result":{"protocolVersion":"2025\/06"}}"#).unwrap().0, "2025/06");
+        assert_eq!(read(r#"{"id":1,"result":{"protocolVersion":"2025-06-1\u0038"}}"#).unwrap().0, "2025-06-18");
+        assert_eq!(read(r#"{"id":1,"result":{"protocol\u0056ersion":"2025-06-18"}}"#).unwrap().0, "2025-06-18");
+        // No version, not a string, twice, no result, not JSON: none.
+        assert_eq!(read(r#"{"id":1,"result":{"capabilities":{}}}"#), None);
+        assert_eq!(read(r#"{"id":1,"result":{"protocolVersion":20250618}}"#), None);
+        assert_eq!(read(r#"{"id":1,"result":{"protocolVersion":"a","protocolVersion":"b"}}"#), None);
+        assert_eq!(read(r#"{"id":1,"error":{"code":1,"message":"no"}}"#), None);
+        assert_eq!(read(r#"{"id":1,"result":{"protocolVersion":"2025-06-18"}"#), None);
     }
 
     #[test]

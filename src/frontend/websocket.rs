@@ -584,14 +584,20 @@ impl Named {
 /// `{"jsonrpc":"2.0","id":…,"result":{"_meta":{"mcp-edge/sessionId":…},…}}`, with the SEP's
 /// top-level `mcpSessionId` too for clients that use it. The rest of the result keeps its text.
 fn initialize_answer(id: &Id, result: &Bytes, session_id: &str, top_level: bool) -> Bytes {
-    let sid = Value::from(session_id).to_string();
+    let sid = serde_json::to_string(session_id).expect("a string encodes");
     let result = std::str::from_utf8(result)
         .ok()
         .and_then(|r| rewrite::with_meta(r, SESSION_KEY, &sid))
         .unwrap_or_else(|| format!(r#"{{"_meta":{{{}:{sid}}}}}"#, Value::from(SESSION_KEY)));
-    let mut answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}"#, id.as_json());
+    let id = id.as_json();
+    let mut answer = String::with_capacity(result.len() + id.len() + 2 * sid.len() + 64);
+    for piece in [r#"{"jsonrpc":"2.0","id":"#, id, r#","result":"#, &result] {
+        answer.push_str(piece);
+    }
     if top_level {
-        answer.push_str(&format!(r#","{SEP_SESSION_FIELD}":{sid}"#));
+        for piece in [",\"", SEP_SESSION_FIELD, "\":", &sid] {
+            answer.push_str(piece);
+        }
     }
     answer.push('}');
     Bytes::from(answer)

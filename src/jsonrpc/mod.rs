@@ -218,6 +218,23 @@ struct Meta<'a> {
 /// parses (its recursion limit), so a backend built on it can read whatever the gateway passes.
 pub const MAX_DEPTH: usize = 127;
 
+/// The text of the member `name` of the JSON object `object`, read in one pass:
+/// `Some(None)` when it has none; `None` when the reader is not sure of its answer (an escaped
+/// member name, a `\u` escape, a repeated `name`, deep nesting, bad syntax), for the caller to
+/// ask serde_json.
+pub(crate) fn member<'a>(object: &'a str, name: &str) -> Option<Option<&'a str>> {
+    scan::member(object, name)
+}
+
+/// The value of `json`, the text of one valid JSON value (as [`member`] gives it), when it is
+/// a string: borrowed when it has no escapes; `None` when it is not a string.
+pub(crate) fn string_value(json: &str) -> Option<std::borrow::Cow<'_, str>> {
+    match json.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(t) if !t.contains('\\') => Some(t.into()),
+        _ => serde_json::from_str::<String>(json).ok().map(Into::into),
+    }
+}
+
 /// Whether valid JSON text nests arrays and objects deeper than [`MAX_DEPTH`]. Iterative, so
 /// any depth is safe to check; a quick count skips the scan for the usual shallow message.
 fn too_deep(json: &[u8]) -> bool {

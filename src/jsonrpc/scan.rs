@@ -28,14 +28,8 @@ const _: () = assert!(DEPTH <= super::MAX_DEPTH);
 
 /// The envelope of `text`, which must be one JSON object and nothing else but whitespace.
 pub(super) fn envelope(text: &str) -> Option<Fields<'_>> {
-    let mut s = Scan { b: text.as_bytes(), i: 0 };
     let mut f = Fields::default();
-    s.ws();
-    s.list(b'{', b'}', |s| {
-        let key = s.key()?;
-        s.colon()?;
-        let start = s.i;
-        s.value(1)?;
+    object(text, |key, value| {
         let slot = match key {
             b"jsonrpc" => &mut f.jsonrpc,
             b"id" => &mut f.id,
@@ -46,10 +40,37 @@ pub(super) fn envelope(text: &str) -> Option<Fields<'_>> {
             _ => &mut None,
         };
         // A repeated member is serde_json's to refuse.
-        slot.replace(&text[start..s.i]).is_none().then_some(())
+        slot.replace(value).is_none().then_some(())
+    })?;
+    Some(f)
+}
+
+/// The value of the member `name` of `text`, which must be one JSON object and nothing else
+/// but whitespace: `Some(None)` when there is none; `None` when unsure (as for [`envelope`]),
+/// and when `name` appears twice.
+pub(super) fn member<'a>(text: &'a str, name: &str) -> Option<Option<&'a str>> {
+    let mut found = None;
+    object(text, |key, value| match key == name.as_bytes() {
+        true => found.replace(value).is_none().then_some(()),
+        false => Some(()),
+    })?;
+    Some(found)
+}
+
+/// Reads the object `text` (nothing else but whitespace around it), handing `each` every
+/// member's unescaped name and its value's text; `None` when unsure or when `each` says so.
+fn object<'a>(text: &'a str, mut each: impl FnMut(&'a [u8], &'a str) -> Option<()>) -> Option<()> {
+    let mut s = Scan { b: text.as_bytes(), i: 0 };
+    s.ws();
+    s.list(b'{', b'}', |s| {
+        let key = s.key()?;
+        s.colon()?;
+        let start = s.i;
+        s.value(1)?;
+        each(key, &text[start..s.i])
     })?;
     s.ws();
-    (s.i == s.b.len()).then_some(f)
+    (s.i == s.b.len()).then_some(())
 }
 
 /// The bytes of a string that end it or need a look: a quote, a backslash, a control character.
@@ -204,7 +225,20 @@ impl<'a> Scan<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::envelope;
+    use super::{envelope, member};
+
+    #[test]
+    fn finds_one_member() {
+        let text = r#" {"a":1, "b" : {"c":[2]} ,"d":"e"} "#;
+        assert_eq!(member(text, "b"), Some(Some(r#"{"c":[2]}"#)));
+        assert_eq!(member(text, "c"), Some(None), "only the object's own members");
+        assert_eq!(member("{}", "a"), Some(None));
+        assert_eq!(member(r#"{"a":1,"a":2}"#, "a"), None, "twice: serde_json's to answer");
+        assert_eq!(member(r#"{"b":1,"b":2,"a":3}"#, "a"), Some(Some("3")));
+        assert_eq!(member(r#"{"\u0061":1}"#, "a"), None, "an escaped name");
+        assert_eq!(member(r#"{"a":1"#, "a"), None);
+        assert_eq!(member("[1]", "a"), None);
+    }
 
     #[test]
     fn reads_the_members_and_leaves_the_unusual_to_serde() {
