@@ -163,20 +163,21 @@ impl ParseError {
     }
 }
 
+/// Each member `Some("null")` when present with `null`, `None` when absent, as the one-pass
+/// reader gives them (`"result": null` is a result).
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     jsonrpc: Option<&'a RawValue>,
-    /// `Some("null")` when the member is present with `null`, `None` when absent.
     #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     method: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     error: Option<&'a RawValue>,
 }
 
@@ -638,6 +639,14 @@ mod tests {
             br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
             br#"["2.0",1,"ping"]"#,
             b"",
+            // Members present with `null`: the same reading both ways (`"result": null` is a
+            // result; the others are refused alike).
+            br#"{"jsonrpc":"2.0","id":1,"result":null}"#,
+            br#"{"jsonrpc":"2.0","error":null}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":{},"error":null}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":null}"#,
+            br#"{"jsonrpc":null,"id":1,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
         ];
         for input in inputs {
             let bytes = Bytes::copy_from_slice(input);
