@@ -17,11 +17,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 /// The byte range of `part` in `whole`: `part` was borrowed from `whole` by the parser.
-fn span(whole: &str, part: &RawValue) -> Range<usize> {
-    text_span(whole, part.get())
-}
-
-fn text_span(whole: &str, part: &str) -> Range<usize> {
+fn span(whole: &str, part: &str) -> Range<usize> {
     let start = part.as_ptr() as usize - whole.as_ptr() as usize;
     start..start + part.len()
 }
@@ -57,29 +53,32 @@ pub fn with_meta(object: &str, key: &str, value_json: &str) -> Option<String> {
         return None;
     }
     let key_json = serde_json::to_string(key).ok()?;
-    // One pass when the reader is sure of both objects; serde_json otherwise.
-    match super::member(object, "_meta") {
-        Some(None) => return prepend(object, r#""_meta""#, &format!("{{{key_json}:{value_json}}}")),
-        Some(Some(meta)) if meta.starts_with('{') => {
-            if let Some(old) = super::member(meta, key) {
-                let new_meta = match old {
-                    Some(old) => splice(meta, text_span(meta, old), value_json),
-                    None => prepend(meta, &key_json, value_json)?,
-                };
-                return Some(splice(object, text_span(object, meta), &new_meta));
+    // Where `_meta` and its `key` are: in one pass when the reader is sure of both objects,
+    // by serde_json otherwise (the last of a repeated key counts).
+    let scanned = match super::member(object, "_meta") {
+        Some(None) => Some((None, None)),
+        Some(Some(meta)) if meta.starts_with('{') => super::member(meta, key).map(|old| (Some(meta), old)),
+        _ => None,
+    };
+    let (meta, old) = match scanned {
+        Some(found) => found,
+        None => {
+            let parsed: Object = serde_json::from_str(object).ok()?;
+            match parsed.meta.map(RawValue::get) {
+                None => (None, None),
+                Some(meta) => {
+                    let members: BTreeMap<String, &RawValue> = serde_json::from_str(meta).ok()?;
+                    (Some(meta), members.get(key).map(|old| old.get()))
+                }
             }
         }
-        _ => {}
-    }
-    let parsed: Object = serde_json::from_str(object).ok()?;
-    let Some(meta) = parsed.meta else {
+    };
+    let Some(meta) = meta else {
         return prepend(object, r#""_meta""#, &format!("{{{key_json}:{value_json}}}"));
     };
-    let members: BTreeMap<String, &RawValue> = serde_json::from_str(meta.get()).ok()?;
-    let meta_text = meta.get();
-    let new_meta = match members.get(key) {
-        Some(old) => splice(meta_text, span(meta_text, old), value_json),
-        None => prepend(meta_text, &key_json, value_json)?,
+    let new_meta = match old {
+        Some(old) => splice(meta, span(meta, old), value_json),
+        None => prepend(meta, &key_json, value_json)?,
     };
     Some(splice(object, span(object, meta), &new_meta))
 }
@@ -107,7 +106,7 @@ pub fn with_message_meta(raw: &str, key: &str, value_json: &str) -> Option<Strin
         (None, None) => return None,
     };
     match object {
-        Some(object) => Some(splice(raw, span(raw, object), &with_meta(object.get(), key, value_json)?)),
+        Some(object) => Some(splice(raw, span(raw, object.get()), &with_meta(object.get(), key, value_json)?)),
         None => prepend(raw, member, &with_meta("{}", key, value_json)?),
     }
 }
@@ -125,7 +124,7 @@ pub fn with_id(raw: &[u8], id_json: &str) -> Option<Bytes> {
     }
     let Envelope { id } = serde_json::from_str(text).ok()?;
     let out = match id {
-        Some(id) => splice(text, span(text, id), id_json),
+        Some(id) => splice(text, span(text, id.get()), id_json),
         None => prepend(text, r#""id""#, id_json)?,
     };
     Some(Bytes::from(out))
